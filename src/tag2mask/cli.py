@@ -1,0 +1,158 @@
+"""The ``tag2mask`` command: a thin layer over the stages.
+
+Heavy libraries (torch, open_clip, segment_anything) are imported inside the commands that need them, so
+``tag2mask --help`` answers at once. Errors meant for the user (:class:`tag2mask.errors.Tag2MaskError`) print
+one line and exit with code 1; a stage that this version does not implement yet prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tag2mask import __version__
+from tag2mask.errors import NotBuiltError, Tag2MaskError
+
+# Stages that later versions fill in: name -> (help line, what it will do).
+_NOT_BUILT = {
+    "superpixels": "SAM quasi-superpixels for a split (multi-level masks + hierarchy filter), cached once",
+    "cams": "Softmax-GradCAM of trained task prompts, with CAA refinement",
+    "train": "train the classification- or segmentation-task prompts (--task cls|seg)",
+    "seeds": "SAMS seeds from CAMs and quasi-superpixels (also argmax and dense-CRF seeds)",
+    "evaluate": "seed / prediction mIoU with an explicit protocol",
+    "run": "the whole coarse-to-fine pipeline, resumable: tags in, fine seeds out",
+    "segment": "text-to-semantic-mask on any image with a trained run",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tag2mask",
+        description="Image-level tags in, pixel-accurate segmentation masks out (FMA-WSSS: CLIP task prompts, "
+        "Softmax-GradCAM, class-aware attention affinity, SAM quasi-superpixel seeding).",
+        epilog="Run 'tag2mask COMMAND --help' for a command's options. Docs: README.md.",
+    )
+    p.add_argument("--version", action="version", version=f"tag2mask {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    for name, help_text in _NOT_BUILT.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text + " (not built yet in this version)")
+        sp.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the whole method on a generated synthetic dataset, no weights or downloads needed",
+        description="Make the synthetic dataset in a run folder and run the pipeline on it.",
+    )
+    demo.add_argument("--out", default="tag2mask-demo", help="run folder to create (default: %(default)s)")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides on the demo preset")
+
+    info = sub.add_parser("info", help="versions, device, and which weight files were found where")
+    info.set_defaults()
+
+    cfg = sub.add_parser("config", help="show a preset's resolved config or its stage hashes")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = cfg_sub.add_parser("show", help="print the resolved config as YAML")
+    show.add_argument("preset", help="voc, coco, demo, or a YAML file")
+    show.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. seeds.fine.bg_power=0.8")
+    hashes = cfg_sub.add_parser("hashes", help="print each pipeline stage's config hash")
+    hashes.add_argument("preset")
+    hashes.add_argument("overrides", nargs="*", metavar="key=value")
+    keys = cfg_sub.add_parser("keys", help="list every config key")
+    keys.add_argument("--prefix", default="", help="only keys starting with this")
+    return p
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from tag2mask import config as cfgmod
+
+    if args.config_command == "keys":
+        for key in cfgmod.leaf_keys():
+            if key.startswith(args.prefix):
+                print(key)
+        return 0
+    config = cfgmod.load_config(args.preset, args.overrides)
+    if args.config_command == "show":
+        sys.stdout.write(config.to_yaml())
+    else:
+        for stage, h in cfgmod.stage_hashes(config).items():
+            print(f"{stage:14s} {h}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from tag2mask.models.weights import find_weights, weights_dir
+    from tag2mask.stages.rundir import versions
+
+    for name, version in versions().items():
+        print(f"{name:18s} {version}")
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+            print(f"{'device':18s} cuda ({torch.cuda.device_count()}: {names})")
+        else:
+            print(f"{'device':18s} cpu ({torch.get_num_threads()} threads; no CUDA device visible)")
+    except ImportError:
+        print(f"{'device':18s} unknown (torch is not installed)")
+    print(f"{'weights folder':18s} {weights_dir()}  (set TAG2MASK_WEIGHTS to change)")
+    for name, filename, found in find_weights():
+        print(f"  {name:16s} {filename:24s} {found if found else 'not found'}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tag2mask.config import load_config
+    from tag2mask.data import open_dataset
+    from tag2mask.stages.rundir import RunDir
+
+    config = load_config("demo", args.overrides)
+    out = Path(args.out)
+    run = RunDir.create(out, config)
+    root = Path(config.data.root)
+    if not root.is_absolute():
+        root = run.path / root
+    train = open_dataset("synthetic", root, config.data.train_split)
+    print(f"demo run folder: {run.path}")
+    print(f"synthetic dataset: {root} ({len(train)} {config.data.train_split} images, classes: "
+          f"{', '.join(train.class_names)})")
+    missing = ", ".join(name for name, _, _ in _pipeline_stages())
+    raise NotBuiltError(f"the pipeline stages are not built yet in tag2mask {__version__}: {missing}")
+
+
+def _pipeline_stages() -> tuple[tuple[str, str | None, tuple[str, ...]], ...]:
+    from tag2mask.config import PIPELINE
+
+    return PIPELINE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command not in _NOT_BUILT:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        if args.command in _NOT_BUILT:
+            raise NotBuiltError(f"'{args.command}' is not built yet in tag2mask {__version__} (see README, Status)")
+        handler = {"config": _cmd_config, "info": _cmd_info, "demo": _cmd_demo}[args.command]
+        return handler(args)
+    except NotBuiltError as e:
+        print(f"tag2mask {args.command}: {e}", file=sys.stderr)
+        return 2
+    except Tag2MaskError as e:
+        print(f"tag2mask {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"tag2mask {args.command}: interrupted; finished work is kept, run the same command to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,508 @@
+"""Typed configuration: dataclasses, YAML presets shipped in the package, dotted overrides, per-stage hashes.
+
+A config is a tree of dataclasses (:class:`Config` at the root). Presets (``voc``, ``coco``, ``demo``) are
+YAML files in ``tag2mask/presets/`` that set every field explicitly, each value with the SPEC.md section it
+comes from. Users change values with dotted overrides, ``seeds.fine.bg_power=0.8``; values are parsed as YAML
+scalars or lists and checked against the field's type.
+
+The pipeline runs some stages twice (SPEC §0): once for the classification task (giving the *coarse* seeds)
+and once for the segmentation task (giving the *fine* seeds). Sections that differ between the two passes
+therefore have two sub-sections: ``prompts.cls`` / ``prompts.seg``, ``train.cls`` / ``train.seg``,
+``caa.cls`` / ``caa.seg``, ``seeds.coarse`` / ``seeds.fine``.
+
+:func:`config_hash` gives a stable short hash of any sub-config; stages use it (together with the hashes of
+their inputs) to cache results and to skip finished work. No hyper-parameter is ever encoded in a folder name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from tag2mask.errors import ConfigError
+
+PRESETS = ("voc", "coco", "demo")
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where, which splits, and the names CLIP reads (SPEC §2.2, §5.4)."""
+
+    dataset: Literal["voc", "coco", "folder", "synthetic"] = "voc"
+    root: str = "data/VOC2012"
+    train_split: str = "train_aug"
+    eval_split: str = "train_aug"
+    label_source: Literal["masks", "xml", "instances"] = "masks"
+    on_error: Literal["raise", "skip"] = "raise"
+    fg_names: list[str] = field(default_factory=list)
+    bg_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelsConfig:
+    """Frozen foundation models (SPEC §1.1, §7.1). Names resolve in ``$TAG2MASK_WEIGHTS``; paths load as is."""
+
+    clip: str = "ViT-B/16"
+    sam_type: str = "vit_h"
+    sam: str = "sam_vit_h_4b8939.pth"
+
+
+@dataclass
+class SuperpixelsConfig:
+    """SAM quasi-superpixel generator, pattern ``l2_nmsf_s1_rsw3`` (SPEC §7.2)."""
+
+    source: Literal["sam", "slic", "felzenszwalb"] = "sam"
+    preset: str = "l2_nmsf_s1_rsw3"
+    points_per_side: int = 32
+    points_per_batch: int = 256
+    crop_n_layers: int = 1
+    crop_n_points_downscale_factor: int = 2
+    crop_overlap_ratio: float = 512 / 1500
+    crop_nms_thresh: float = 0.7
+    pred_iou_thresh: float = 0.86
+    stability_score_thresh: float = 0.92
+    stability_score_offset: float = 1.0
+    box_nms_thresh: float = 0.7
+    min_mask_region_area: int = 100
+    score_thresh_offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.1])
+    score_nms_offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 1.0])
+    stability_score_bias: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    hierarchy_recall_thresh: Union[float, None] = 0.3
+
+
+@dataclass
+class PromptConfig:
+    """One task's CoOp prompt learner (SPEC §2.3)."""
+
+    n_ctx: int = 16
+    class_specific: bool = False
+    name_position: Literal["end", "front"] = "end"
+    ctx_std: float = 0.015
+    seed: str = "真"
+    bg_prompts: Literal["named", "nameless"] = "named"
+
+
+@dataclass
+class PromptsConfig:
+    cls: PromptConfig = field(default_factory=PromptConfig)
+    seg: PromptConfig = field(
+        default_factory=lambda: PromptConfig(
+            class_specific=True, name_position="front", ctx_std=0.0125, seed="机", bg_prompts="nameless"
+        )
+    )
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation (SPEC §5.3)."""
+
+    color_jitter: bool = True
+    scale_low: int = 288
+    scale_high: int = 480
+    short_thresh: int = 224
+    crop_size: int = 224
+    flip_p: float = 0.5
+
+
+@dataclass
+class TrainTaskConfig:
+    """One task's prompt training (SPEC §5.1, §5.2, §4.3)."""
+
+    loss: Literal["mcl", "cal", "bce", "bce_manual", "bce_auto", "mcl_ce", "mcl_ce_manual", "mcl_ce_auto", "mcl_cal"] = (
+        "mcl"
+    )
+    max_iter: int = 1800
+    warmup_iter: int = 500
+    warmup_lr: float = 1e-5
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 16
+    sub_iter: int = 1
+    amp: bool = True
+    seed: int = 0
+    online_labels: bool = False
+    checkpoint: Union[Literal["final"], int] = "final"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TrainConfig:
+    cls: TrainTaskConfig = field(default_factory=TrainTaskConfig)
+    seg: TrainTaskConfig = field(
+        default_factory=lambda: TrainTaskConfig(loss="cal", max_iter=17000, online_labels=True)
+    )
+
+
+@dataclass
+class CamsConfig:
+    """CAM inference (SPEC §1.2, §3, §5.6)."""
+
+    align: int = 16
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = False
+    softmax: Literal["reference", "clean"] = "reference"
+    att_layers: int = 8
+
+
+@dataclass
+class CAATaskConfig:
+    """Class-aware attention affinity for one task's CAMs (SPEC §6)."""
+
+    enabled: bool = True
+    sinkhorn_iters: int = 1
+    power: int = 2
+    box_thresh: float = 0.4
+    propagate: Literal["score", "cam"] = "score"
+    boxes: Literal["reference", "inclusive"] = "reference"
+
+
+@dataclass
+class CAAConfig:
+    cls: CAATaskConfig = field(default_factory=CAATaskConfig)
+    seg: CAATaskConfig = field(default_factory=lambda: CAATaskConfig(box_thresh=0.5, propagate="cam"))
+
+
+@dataclass
+class SeedTaskConfig:
+    """Seeds from one task's CAMs (SPEC §8, §9)."""
+
+    method: Literal["sams", "argmax", "crf"] = "sams"
+    norm_first: Union[bool, Literal["double_norm", "no_norm", "gamma_softmax"]] = True
+    gather: Literal["mean", "sum"] = "mean"
+    bg_method: Literal["pow", "thresh", "alpha_bg", "no_bg"] = "pow"
+    bg_power: float = 0.7
+    uncovered: Literal["background", "argmax"] = "background"
+    crf: str = "clip_es_crf,no_pp"
+
+
+@dataclass
+class SeedsConfig:
+    coarse: SeedTaskConfig = field(default_factory=lambda: SeedTaskConfig(bg_power=0.6))
+    fine: SeedTaskConfig = field(default_factory=SeedTaskConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    """Seed evaluation protocol (SPEC §9)."""
+
+    ignore_index: int = 255
+    argmax_bg_powers: list[float] = field(default_factory=lambda: [1.0, 2.0, 3.0])
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how the run executes; never changes results."""
+
+    device: str = "auto"
+    num_workers: int = 4
+    cache_dir: str = ""
+
+
+@dataclass
+class Config:
+    """The whole pipeline's configuration."""
+
+    preset: str = "voc"
+    data: DataConfig = field(default_factory=DataConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    superpixels: SuperpixelsConfig = field(default_factory=SuperpixelsConfig)
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cams: CamsConfig = field(default_factory=CamsConfig)
+    caa: CAAConfig = field(default_factory=CAAConfig)
+    seeds: SeedsConfig = field(default_factory=SeedsConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def section(self, dotted: str) -> Any:
+        """The sub-config at a dotted path, e.g. ``config.section("seeds.fine")``."""
+        node: Any = self
+        for part in dotted.split(".") if dotted else []:
+            if not dataclasses.is_dataclass(node) or part not in _field_names(type(node)):
+                raise ConfigError(f"no config section {dotted!r}")
+            node = getattr(node, part)
+        return node
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=120)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building and checking
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    names = {type(None): "null", int: "integer", float: "number", bool: "true/false", str: "string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (int → float only)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        for allowed in typing.get_args(tp):
+            if value == allowed and type(value) is type(allowed):
+                return value
+        raise ConfigError(f"{key}: {value!r} is not one of {_type_name(tp)}")
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r} (quote it in YAML)")
+    raise TypeError(f"unsupported config type {tp!r} at {key}")
+
+
+def _unknown_key(cls: type, name: str, prefix: str) -> ConfigError:
+    known = _field_names(cls)
+    where = prefix.rstrip(".") or "the top level"
+    hint = difflib.get_close_matches(name, known, n=3)
+    # also look one level down: ``seeds.bg_power`` → ``seeds.fine.bg_power``
+    hints_below = []
+    for f in dataclasses.fields(cls):
+        sub = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(sub) and name in _field_names(sub):
+            hints_below.append(f"{prefix}{f.name}.{name}")
+    msg = f"unknown config key '{prefix}{name}' in {where}"
+    if hints_below:
+        msg += f"; did you mean {' or '.join(hints_below)}?"
+    elif hint:
+        msg += f"; did you mean {', '.join(prefix + h for h in hint)}?"
+    else:
+        msg += f"; valid keys: {', '.join(known)}"
+    return ConfigError(msg)
+
+
+def _update(node: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Apply a nested dict of values to a dataclass instance in place, checking keys and types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = _hints(type(node))
+    for name, value in values.items():
+        if name not in hints:
+            raise _unknown_key(type(node), str(name), prefix)
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            _update(getattr(node, name), value, f"{prefix}{name}.")
+        else:
+            setattr(node, name, _coerce(value, tp, f"{prefix}{name}"))
+
+
+def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for name, tp in _hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += _leaf_keys(tp, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def leaf_keys() -> list[str]:
+    """Every dotted leaf key of :class:`Config` (what a complete preset must set)."""
+    return _leaf_keys(Config)
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of a shipped preset."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return Path(str(resources.files("tag2mask") / "presets" / f"{name}.yaml"))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``a.b.c=value`` into the dotted key and the YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. seeds.fine.bg_power=0.8")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e.__class__.__name__})") from None
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def load_config(preset: str | Path = "voc", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a :class:`Config` from a preset name (or a YAML file path) and ``key=value`` overrides."""
+    path = Path(preset) if str(preset).endswith((".yaml", ".yml")) else preset_path(str(preset))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    config = Config()
+    _update(config, values)
+    for item in overrides:
+        key, value = parse_override(item)
+        _update(config, _nest(key, value))
+    _check(config)
+    return config
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. a run's ``config.yaml``)."""
+    config = Config()
+    _update(config, values)
+    _check(config)
+    return config
+
+
+def _check(config: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    sp = config.superpixels
+    for name in ("score_thresh_offset", "score_nms_offset", "stability_score_bias"):
+        if len(getattr(sp, name)) != 3:
+            raise ConfigError(f"superpixels.{name} needs 3 values (levels 0, 1, 2)")
+    for task in ("cls", "seg"):
+        t: TrainTaskConfig = getattr(config.train, task)
+        if t.batch_size % t.sub_iter:
+            raise ConfigError(f"train.{task}.batch_size ({t.batch_size}) must be divisible by sub_iter ({t.sub_iter})")
+        if not 0 <= t.warmup_iter <= t.max_iter:
+            raise ConfigError(f"train.{task}.warmup_iter must lie in 0..max_iter")
+        if t.checkpoint != "final" and not 0 < t.checkpoint <= t.max_iter:
+            raise ConfigError(f"train.{task}.checkpoint must be 'final' or an iteration in 1..max_iter")
+        a = t.augment
+        if not a.short_thresh <= a.scale_low <= a.scale_high or a.crop_size > a.short_thresh:
+            raise ConfigError(f"train.{task}.augment: need crop_size <= short_thresh <= scale_low <= scale_high")
+    if config.cams.align < 1:
+        raise ConfigError("cams.align must be positive")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hashing
+# --------------------------------------------------------------------------------------------------------------
+
+
+def canonical_json(obj: Any) -> str:
+    """A deterministic JSON text of a config (sub-)tree: sorted keys, floats in repr form."""
+    return json.dumps(_plain(obj), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def config_hash(obj: Any, *parents: str) -> str:
+    """A stable 12-hex-digit hash of a config sub-tree and, optionally, the hashes of the stage's inputs."""
+    h = hashlib.sha256(canonical_json(obj).encode())
+    for p in parents:
+        h.update(b"|" + p.encode())
+    return h.hexdigest()[:12]
+
+
+# The pipeline's stages in order (SPEC §0), and the config sections each one's results depend on.
+# A stage's hash covers its own sections and the hash of the stage it reads, so a change anywhere upstream
+# invalidates everything downstream and nothing else.
+PIPELINE: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
+    # (stage, upstream stage, sections)
+    ("superpixels", None, ("data.dataset", "data.root", "models.sam_type", "models.sam", "superpixels")),
+    ("train_cls", None, ("data", "models.clip", "prompts.cls", "train.cls")),
+    ("cams_cls", "train_cls", ("cams",)),
+    ("caa_cls", "cams_cls", ("caa.cls",)),
+    ("seeds_coarse", "caa_cls", ("seeds.coarse",)),
+    ("train_seg", "seeds_coarse", ("prompts.seg", "train.seg")),
+    ("cams_seg", "train_seg", ("cams",)),
+    ("caa_seg", "cams_seg", ("caa.seg",)),
+    ("seeds_fine", "caa_seg", ("seeds.fine",)),
+)
+
+
+def _value_at(config: Config, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def stage_hashes(config: Config) -> dict[str, str]:
+    """The config hash of every pipeline stage (SAMS seeding also depends on the superpixels)."""
+    out: dict[str, str] = {}
+    for stage, upstream, sections in PIPELINE:
+        parents = [out[upstream]] if upstream else []
+        if stage.startswith("seeds_"):
+            parents.append(out["superpixels"])
+        out[stage] = config_hash({s: _value_at(config, s) for s in sections}, *parents)
+    return out

@@ -1,0 +1,1 @@
+"""Pipeline stages: IO, iteration, sharding, progress and resume around the pure algorithms."""

@@ -1,0 +1,183 @@
+"""The run directory: resolved config, manifest, one folder per stage, resumable per-item work.
+
+Layout::
+
+    RUN/
+      config.yaml        the resolved config (what ``tag2mask config show`` prints)
+      manifest.json      per stage: config hash, inputs, counts, timings, versions, status
+      <stage>/           one folder per stage (e.g. ``superpixels``, ``cams_cls``, ``seeds_fine``)
+        stage.json       the stage's config hash; a mismatch means the folder holds another config's results
+
+Every file is written atomically (temporary file + rename, :mod:`tag2mask.io`), so a run killed at any point
+leaves only complete files. Per-image stages skip images whose output file already exists, which makes any
+stage resumable where it stopped; whole stages are skipped when the manifest says they finished with the same
+config hash.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tag2mask.config import Config, config_from_dict
+from tag2mask.errors import ConfigError, Tag2MaskError
+from tag2mask.io import read_json, write_json, write_text
+
+_PACKAGES = ("tag2mask", "torch", "torchvision", "numpy", "open_clip_torch", "segment-anything", "pycocotools")
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that decide results (read from metadata; imports nothing)."""
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class StageRecord:
+    """What the manifest keeps about one stage."""
+
+    config_hash: str
+    status: str = "running"  # running | done
+    inputs: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    started: str = ""
+    finished: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+class RunDir:
+    """One pipeline run on disk. Create with :meth:`create` (new or resumed) or :meth:`open` (existing)."""
+
+    CONFIG = "config.yaml"
+    MANIFEST = "manifest.json"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # -- creation -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | Path, config: Config) -> RunDir:
+        """Start a run in ``path``, or resume it if it already holds a run.
+
+        Resuming with a different config is allowed: each stage compares its own config hash and redoes
+        only what changed (see :meth:`begin_stage`). The new config replaces ``config.yaml``.
+        """
+        run = cls(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        write_text(run.path / cls.CONFIG, config.to_yaml())
+        if not (run.path / cls.MANIFEST).exists():
+            write_json(run.path / cls.MANIFEST, {"created": _now(), "stages": {}})
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """Open an existing run; a clear error if ``path`` is not one."""
+        run = cls(path)
+        if not (run.path / cls.CONFIG).is_file():
+            raise Tag2MaskError(f"{run.path} is not a tag2mask run directory (no {cls.CONFIG})")
+        return run
+
+    # -- config and manifest --------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        values = yaml.safe_load((self.path / self.CONFIG).read_text(encoding="utf-8")) or {}
+        return config_from_dict(values)
+
+    def manifest(self) -> dict[str, Any]:
+        path = self.path / self.MANIFEST
+        return read_json(path) if path.exists() else {"created": _now(), "stages": {}}
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json(self.path / self.MANIFEST, manifest)
+
+    def stage_record(self, stage: str) -> StageRecord | None:
+        rec = self.manifest()["stages"].get(stage)
+        return StageRecord(**rec) if rec else None
+
+    # -- stages ---------------------------------------------------------------------------------------------
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.path / stage
+
+    def is_done(self, stage: str, config_hash: str) -> bool:
+        """True when ``stage`` finished with exactly this config hash (then it can be skipped)."""
+        rec = self.stage_record(stage)
+        return rec is not None and rec.status == "done" and rec.config_hash == config_hash
+
+    def begin_stage(self, stage: str, config_hash: str, inputs: dict[str, Any] | None = None) -> Path:
+        """Prepare ``stage``'s folder for work under ``config_hash`` and return it.
+
+        A folder left by the same config is kept (its finished items are reused: resume). A folder made
+        under another config hash is cleared first, so stale results never mix with new ones.
+        """
+        out = self.stage_dir(stage)
+        marker = out / "stage.json"
+        if marker.exists() and read_json(marker).get("config_hash") != config_hash:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if not marker.exists():
+            write_json(marker, {"stage": stage, "config_hash": config_hash})
+        manifest = self.manifest()
+        prev = manifest["stages"].get(stage)
+        seconds = prev["seconds"] if prev and prev.get("config_hash") == config_hash else 0.0
+        manifest["stages"][stage] = StageRecord(
+            config_hash=config_hash, inputs=inputs or {}, seconds=seconds, started=_now(), versions=versions()
+        ).__dict__
+        self._write_manifest(manifest)
+        return out
+
+    def end_stage(self, stage: str, counts: dict[str, int], seconds: float) -> None:
+        """Mark ``stage`` done, adding ``seconds`` to the time spent on it across resumes."""
+        manifest = self.manifest()
+        rec = manifest["stages"].get(stage)
+        if rec is None:
+            raise ConfigError(f"stage {stage!r} was never begun in {self.path}")
+        rec.update(status="done", counts=counts, seconds=round(rec.get("seconds", 0.0) + seconds, 3), finished=_now())
+        self._write_manifest(manifest)
+
+
+def shard(items: Sequence[Any], rank: int = 0, world_size: int = 1) -> list[Any]:
+    """The items one worker of ``world_size`` handles: every ``world_size``-th item starting at ``rank``."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world size {world_size}")
+    return list(items[rank::world_size])
+
+
+def pending(ids: Iterable[str], output_for: Callable[[str], Path]) -> Iterator[str]:
+    """The ids whose output file does not exist yet (finished items of an interrupted stage are skipped)."""
+    for item in ids:
+        if not output_for(item).exists():
+            yield item
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds``."""
+
+    def __enter__(self) -> Timer:
+        self._t0 = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._t0

@@ -1,0 +1,1 @@
+"""Palettes, overlays, figures and the HTML run report."""

@@ -1,0 +1,104 @@
+"""Run directory: atomic files, manifest bookkeeping, skip-when-done, resume, stale-result clearing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tag2mask.config import load_config, stage_hashes
+from tag2mask.errors import Tag2MaskError
+from tag2mask.io import atomic_write, load_npz, read_json, save_npz, write_json
+from tag2mask.stages.rundir import RunDir, pending, shard
+from tag2mask.viz.palette import read_label_png, voc_palette, write_label_png
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "a.json"
+    write_json(target, {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, "w") as f:
+            f.write('{"v": 2')  # half written, then the process "dies"
+            raise RuntimeError("killed")
+    assert read_json(target) == {"v": 1}
+    assert os.listdir(tmp_path) == ["a.json"]  # no temp file left behind
+
+
+def test_npz_round_trip_refuses_objects(tmp_path: Path) -> None:
+    save_npz(tmp_path / "x.npz", cam=np.arange(6, dtype=np.float16).reshape(2, 3), fg_cls=np.array([3, 11]))
+    z = load_npz(tmp_path / "x.npz")
+    assert z["cam"].dtype == np.float16 and z["fg_cls"].tolist() == [3, 11]
+    with pytest.raises(TypeError, match="never pickles"):
+        save_npz(tmp_path / "y.npz", bad=np.array([{"a": 1}], dtype=object))
+
+
+def test_label_png_round_trip_with_voc_palette(tmp_path: Path) -> None:
+    label = np.zeros((4, 5), np.uint8)
+    label[1, 2], label[3, 4], label[0, 0] = 15, 255, 1
+    write_label_png(tmp_path / "m.png", label)
+    assert np.array_equal(read_label_png(tmp_path / "m.png"), label)
+    pal = voc_palette()
+    assert pal[1].tolist() == [128, 0, 0] and pal[15].tolist() == [192, 128, 128]  # aeroplane, person
+    assert pal[255].tolist() == [224, 224, 192]  # the VOC "ignore" colour
+
+
+def test_run_records_stages_and_skips_finished_ones(tmp_path: Path) -> None:
+    config = load_config("voc")
+    h = stage_hashes(config)
+    run = RunDir.create(tmp_path / "run", config)
+    assert RunDir.open(run.path).config == config
+    assert not run.is_done("superpixels", h["superpixels"])
+    out = run.begin_stage("superpixels", h["superpixels"], inputs={"split": "train_aug"})
+    assert out.is_dir() and read_json(out / "stage.json")["config_hash"] == h["superpixels"]
+    assert run.stage_record("superpixels").status == "running"
+    run.end_stage("superpixels", counts={"images": 3}, seconds=1.5)
+    rec = run.stage_record("superpixels")
+    assert rec.status == "done" and rec.counts == {"images": 3} and rec.seconds == 1.5
+    assert "torch" in rec.versions and "python" in rec.versions
+    assert run.is_done("superpixels", h["superpixels"])
+    assert not run.is_done("superpixels", "0" * 12)
+
+
+def test_interrupted_stage_resumes_and_accumulates_time(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "run", load_config("voc"))
+    out = run.begin_stage("seeds_fine", "abc")
+    ids = ["a", "b", "c", "d"]
+    done = []
+    for i in pending(ids, lambda k: out / f"{k}.png"):
+        if i == "c":
+            break  # killed here
+        write_label_png(out / f"{i}.png", np.zeros((2, 2), np.uint8))
+        done.append(i)
+    run2 = RunDir.create(tmp_path / "run", load_config("voc"))  # the same command again
+    out2 = run2.begin_stage("seeds_fine", "abc")
+    assert list(pending(ids, lambda k: out2 / f"{k}.png")) == ["c", "d"]
+    run2.end_stage("seeds_fine", {"images": 4}, seconds=2.0)
+    assert run2.stage_record("seeds_fine").seconds == 2.0
+    run2.begin_stage("seeds_fine", "abc")  # a later resume keeps the time already spent
+    run2.end_stage("seeds_fine", {"images": 4}, seconds=1.0)
+    assert run2.stage_record("seeds_fine").seconds == 3.0
+
+
+def test_changed_config_clears_stale_stage_results(tmp_path: Path) -> None:
+    run = RunDir.create(tmp_path / "run", load_config("voc"))
+    out = run.begin_stage("seeds_fine", "old")
+    (out / "x.png").write_bytes(b"stale")
+    out = run.begin_stage("seeds_fine", "new")
+    assert not (out / "x.png").exists()
+    assert read_json(out / "stage.json")["config_hash"] == "new"
+
+
+def test_open_rejects_a_non_run(tmp_path: Path) -> None:
+    with pytest.raises(Tag2MaskError, match="not a tag2mask run directory"):
+        RunDir.open(tmp_path)
+
+
+def test_shard_partitions_items() -> None:
+    items = list(range(10))
+    parts = [shard(items, r, 3) for r in range(3)]
+    assert parts == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert sorted(sum(parts, [])) == items
+    with pytest.raises(ValueError):
+        shard(items, 3, 3)
