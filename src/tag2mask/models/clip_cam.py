@@ -85,7 +85,8 @@ def vit_forward(visual: nn.Module, images: torch.Tensor, need_attention: bool = 
 
     last = blocks[-1]
     activation = last.ln_1(x).detach().requires_grad_(True)  # the GradCAM tap (SPEC §1.3 item 4)
-    out, weights = _attend(last, activation, need_attention)
+    # the explicit attention path (need_weights=True) is twice differentiable; the fused kernels are not
+    out, weights = _attend(last, activation, True)
     if need_attention:
         attentions.append(weights)
     x = x.detach() + last.ls_1(out)
