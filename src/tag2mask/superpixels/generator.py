@@ -1,0 +1,343 @@
+"""SAM quasi-superpixel generation (SPEC §7).
+
+:class:`QuasiSuperpixelGenerator` subclasses segment_anything's ``SamAutomaticMaskGenerator`` and keeps its
+crop boxes, point grids, batching, stability score, crop-edge filter, cross-crop NMS and small-region
+post-processing (all upstream code, SPEC §7.3 steps 1, 2, 4, 5, 7, 8). It adds, per multimask level
+(0 subpart, 1 part, 2 whole = the index of the mask in SAM's 3-mask output):
+
+* ``score_thresh_offset[level]`` added to the predicted IoU before the ``> pred_iou_thresh`` test (step 3);
+* ``stability_score_bias[level]`` added to the stability score before the ``>= stability_score_thresh`` test
+  (step 4; the stored ``stability_score`` is the unbiased one);
+* ``score_nms_offset[level]`` added to the predicted IoU to make the within-crop box-NMS score (step 6);
+* the hierarchy filter after the small-region post-processing (step 9, :func:`hierarchy_filter`).
+
+Offsets are added in the predicted IoU's own dtype (float32), as the reference does. Unlike upstream, the
+generator is *given* a predictor with segment_anything's ``SamPredictor`` interface (``set_image``,
+``reset_image``, ``transform.apply_coords``, ``predict_torch``, ``model.mask_threshold``, ``device``), so any
+SAM variant, or a scripted fake in tests, can drive it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from segment_anything.automatic_mask_generator import SamAutomaticMaskGenerator
+from segment_anything.utils.amg import (
+    MaskData,
+    batch_iterator,
+    batched_mask_to_box,
+    build_all_layer_point_grids,
+    calculate_stability_score,
+    is_box_near_crop_edge,
+    mask_to_rle_pytorch,
+    rle_to_mask,
+    uncrop_boxes_xyxy,
+    uncrop_masks,
+    uncrop_points,
+)
+from torchvision.ops.boxes import batched_nms
+
+from tag2mask.config import config_hash
+from tag2mask.errors import ConfigError
+
+from .container import Superpixels
+from .hierarchy import hierarchy_filter
+
+DEFAULT_PRESET = "l2_nmsf_s1_rsw3"
+
+# The generator's parameters; the names equal the keys of tag2mask.config.SuperpixelsConfig (minus source/preset).
+PARAM_NAMES: tuple[str, ...] = (
+    "points_per_side",
+    "points_per_batch",
+    "crop_n_layers",
+    "crop_n_points_downscale_factor",
+    "crop_overlap_ratio",
+    "crop_nms_thresh",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "stability_score_offset",
+    "box_nms_thresh",
+    "min_mask_region_area",
+    "score_thresh_offset",
+    "score_nms_offset",
+    "stability_score_bias",
+    "hierarchy_recall_thresh",
+)
+
+_L2_NMSF_S1_RSW3: dict[str, Any] = {  # SPEC §7.2
+    "points_per_side": 32,
+    "points_per_batch": 256,
+    "crop_n_layers": 1,
+    "crop_n_points_downscale_factor": 2,
+    "crop_overlap_ratio": 512 / 1500,
+    "crop_nms_thresh": 0.7,
+    "pred_iou_thresh": 0.86,
+    "stability_score_thresh": 0.92,
+    "stability_score_offset": 1.0,
+    "box_nms_thresh": 0.7,
+    "min_mask_region_area": 100,
+    "score_thresh_offset": [0.0, 0.0, 0.1],
+    "score_nms_offset": [0.0, 0.0, 1.0],
+    "stability_score_bias": [0.0, 0.0, 0.0],
+    "hierarchy_recall_thresh": 0.3,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The final pipeline's pattern (SPEC §7.2).
+    "l2_nmsf_s1_rsw3": _L2_NMSF_S1_RSW3,
+    # SAM's own defaults (SamAutomaticMaskGenerator.__init__): no crops, no min-area, no offsets, no hierarchy.
+    "official_default": {
+        "points_per_side": 32,
+        "points_per_batch": 64,
+        "crop_n_layers": 0,
+        "crop_n_points_downscale_factor": 1,
+        "crop_overlap_ratio": 512 / 1500,
+        "crop_nms_thresh": 0.7,
+        "pred_iou_thresh": 0.88,
+        "stability_score_thresh": 0.95,
+        "stability_score_offset": 1.0,
+        "box_nms_thresh": 0.7,
+        "min_mask_region_area": 0,
+        "score_thresh_offset": [0.0, 0.0, 0.0],
+        "score_nms_offset": [0.0, 0.0, 0.0],
+        "stability_score_bias": [0.0, 0.0, 0.0],
+        "hierarchy_recall_thresh": None,
+    },
+    # Whole masks only: levels 0 and 1 are dropped by a -1 IoU-threshold offset (SPEC §7.2). Assumed: no s1 (+0.1)
+    # and no nmsf (+1.0) offsets for level 2, no hierarchy filter (with one level it would keep everything).
+    "l2_only": {
+        **_L2_NMSF_S1_RSW3,
+        "score_thresh_offset": [-1.0, -1.0, 0.0],
+        "score_nms_offset": [0.0, 0.0, 0.0],
+        "hierarchy_recall_thresh": None,
+    },
+    # l2_nmsf_s1_rsw3 without the hierarchy filter.
+    "l2_nmsf_s1": {**_L2_NMSF_S1_RSW3, "hierarchy_recall_thresh": None},
+    # l2_nmsf_s1 without crops.
+    "l2_nmsf_s1_c0": {**_L2_NMSF_S1_RSW3, "hierarchy_recall_thresh": None, "crop_n_layers": 0},
+}
+
+_PER_LEVEL = ("score_thresh_offset", "score_nms_offset", "stability_score_bias")
+
+
+def resolve_params(preset: str = DEFAULT_PRESET, **overrides: Any) -> dict[str, Any]:
+    """The parameter set of ``preset`` with ``overrides`` applied (SPEC §7.2). Unknown names raise ConfigError."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown superpixel preset {preset!r}; choose one of {sorted(PRESETS)}")
+    unknown = sorted(set(overrides) - set(PARAM_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown superpixel parameter(s) {unknown}; known: {list(PARAM_NAMES)}")
+    params = copy.deepcopy(PRESETS[preset])
+    params.update(copy.deepcopy(overrides))
+    for name in _PER_LEVEL:
+        values = [float(v) for v in params[name]]
+        if len(values) != 3:
+            raise ConfigError(f"{name} needs one value per level (0, 1, 2), got {params[name]!r}")
+        params[name] = values
+    if params["hierarchy_recall_thresh"] is not None:
+        params["hierarchy_recall_thresh"] = float(params["hierarchy_recall_thresh"])
+    return params
+
+
+class QuasiSuperpixelGenerator(SamAutomaticMaskGenerator):
+    """SAM automatic mask generation with per-level offsets and the hierarchy filter (SPEC §7).
+
+    ``predictor``: an object with segment_anything's ``SamPredictor`` interface. ``preset``: a key of
+    :data:`PRESETS`; ``overrides``: any of :data:`PARAM_NAMES` (the ``SuperpixelsConfig`` keys).
+    """
+
+    def __init__(self, predictor: Any, preset: str = DEFAULT_PRESET, **overrides: Any) -> None:
+        # Upstream __init__ builds a SamPredictor from a Sam model; here the predictor is given, so the
+        # attributes that the inherited methods read are set directly.
+        params = resolve_params(preset, **overrides)
+        self.preset = preset
+        self.params = params
+        self.predictor = predictor
+        self.point_grids = build_all_layer_point_grids(
+            params["points_per_side"], params["crop_n_layers"], params["crop_n_points_downscale_factor"]
+        )
+        self.points_per_batch = int(params["points_per_batch"])
+        self.pred_iou_thresh = float(params["pred_iou_thresh"])
+        self.stability_score_thresh = float(params["stability_score_thresh"])
+        self.stability_score_offset = float(params["stability_score_offset"])
+        self.box_nms_thresh = float(params["box_nms_thresh"])
+        self.crop_n_layers = int(params["crop_n_layers"])
+        self.crop_nms_thresh = float(params["crop_nms_thresh"])
+        self.crop_overlap_ratio = float(params["crop_overlap_ratio"])
+        self.crop_n_points_downscale_factor = int(params["crop_n_points_downscale_factor"])
+        self.min_mask_region_area = int(params["min_mask_region_area"])
+        self.output_mode = "uncompressed_rle"
+        self.score_thresh_offset: list[float] = params["score_thresh_offset"]
+        self.score_nms_offset: list[float] = params["score_nms_offset"]
+        self.stability_score_bias: list[float] = params["stability_score_bias"]
+        self.hierarchy_recall_thresh: float | None = params["hierarchy_recall_thresh"]
+
+    @property
+    def config_hash(self) -> str:
+        """A stable hash of the resolved parameters (tag2mask.config.config_hash)."""
+        return config_hash(self.params)
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Public API
+    # ---------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, image: np.ndarray) -> Superpixels:  # type: ignore[override]
+        """Quasi-superpixels of one H×W×3 uint8 RGB image (SPEC §7.3 steps 1-9)."""
+        data, masks = self._postprocess(self.generate_candidates(image))
+        if len(masks) == 0:
+            masks = np.zeros((0, *np.asarray(image).shape[:2]), bool)
+        return Superpixels.from_masks(
+            masks,
+            data["levels"],
+            predicted_iou=data["iou_preds"],
+            stability_score=data["stability_score"],
+            point_coords=data["points"],
+            crop_box=_xyxy_to_xywh(data["crop_boxes"]),
+            preset=self.preset,
+            config_hash=self.config_hash,
+        )
+
+    @torch.no_grad()
+    def generate_candidates(self, image: np.ndarray) -> MaskData:
+        """SPEC §7.3 steps 1-7 (upstream ``_generate_masks`` with this class's per-crop steps): a numpy
+        ``MaskData`` with ``rles`` (SAM's uncompressed RLE), ``boxes`` (XYXY), ``levels``, ``iou_preds``,
+        ``iou_thresh_scores``, ``iou_nms_scores``, ``stability_score``, ``points`` and ``crop_boxes`` (XYXY)."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be H×W×3 uint8 RGB, got {image.shape} {image.dtype}")
+        return self._generate_masks(image)
+
+    @torch.no_grad()
+    def postprocess(self, data: MaskData) -> MaskData:
+        """SPEC §7.3 steps 8-9: upstream small-region post-processing, then the hierarchy filter (each only when
+        enabled). Edits and returns ``data``."""
+        return self._postprocess(data)[0]
+
+    # ---------------------------------------------------------------------------------------------------------
+    # Steps
+    # ---------------------------------------------------------------------------------------------------------
+
+    def _postprocess(self, data: MaskData) -> tuple[MaskData, np.ndarray]:
+        """Steps 8-9; also returns the final masks (S×H×W bool), decoded once."""
+        if self.min_mask_region_area > 0:
+            data = self.postprocess_small_regions(
+                data, self.min_mask_region_area, max(self.box_nms_thresh, self.crop_nms_thresh)
+            )
+        masks = _decode(data["rles"])
+        if self.hierarchy_recall_thresh is not None and len(masks):
+            keep = hierarchy_filter(masks, data["levels"], self.hierarchy_recall_thresh)
+            data.filter(torch.as_tensor(keep))
+            masks = masks[keep]
+        return data, masks
+
+    def _level_table(self, values: list[float], like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(values, dtype=like.dtype, device=like.device)
+
+    def _process_crop(
+        self,
+        image: np.ndarray,
+        crop_box: list[int],
+        crop_layer_idx: int,
+        orig_size: tuple[int, ...],
+    ) -> MaskData:
+        """Upstream ``_process_crop`` with the within-crop NMS scored by ``iou_pred + score_nms_offset[level]``
+        (SPEC §7.3 step 6)."""
+        x0, y0, x1, y1 = crop_box
+        cropped_im = image[y0:y1, x0:x1, :]
+        cropped_im_size = cropped_im.shape[:2]
+        self.predictor.set_image(cropped_im)
+
+        points_scale = np.array(cropped_im_size)[None, ::-1]
+        points_for_image = self.point_grids[crop_layer_idx] * points_scale
+
+        data = MaskData()
+        for (points,) in batch_iterator(self.points_per_batch, points_for_image):
+            data.cat(self._process_batch(points, cropped_im_size, crop_box, orig_size))
+        self.predictor.reset_image()
+
+        keep_by_nms = batched_nms(
+            data["boxes"].float(),
+            data["iou_nms_scores"],
+            torch.zeros(len(data["boxes"])),  # categories
+            iou_threshold=self.box_nms_thresh,
+        )
+        data.filter(keep_by_nms)
+
+        data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
+        data["points"] = uncrop_points(data["points"], crop_box)
+        data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))])
+        return data
+
+    def _process_batch(
+        self,
+        points: np.ndarray,
+        im_size: tuple[int, ...],
+        crop_box: list[int],
+        orig_size: tuple[int, ...],
+    ) -> MaskData:
+        """Upstream ``_process_batch`` plus ``levels`` and the per-level offsets (SPEC §7.3 steps 2-5)."""
+        orig_h, orig_w = orig_size
+
+        transformed_points = self.predictor.transform.apply_coords(points, im_size)
+        in_points = torch.as_tensor(transformed_points, device=self.predictor.device)
+        in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=in_points.device)
+        masks, iou_preds, _ = self.predictor.predict_torch(
+            in_points[:, None, :],
+            in_labels[:, None],
+            multimask_output=True,
+            return_logits=True,
+        )
+        n_points, n_levels = masks.shape[:2]
+        if n_levels != 3:
+            raise ValueError(f"expected SAM's 3 multimask outputs per point, got {n_levels}")
+
+        iou_preds = iou_preds.flatten(0, 1)
+        levels = torch.arange(n_levels, device=iou_preds.device).repeat(n_points)  # level = multimask index
+        data = MaskData(
+            masks=masks.flatten(0, 1),
+            iou_preds=iou_preds,
+            points=torch.as_tensor(points.repeat(n_levels, axis=0)),
+            levels=levels,
+            iou_thresh_scores=iou_preds + self._level_table(self.score_thresh_offset, iou_preds)[levels],
+            iou_nms_scores=iou_preds + self._level_table(self.score_nms_offset, iou_preds)[levels],
+        )
+        del masks
+
+        if self.pred_iou_thresh > 0.0:
+            data.filter(data["iou_thresh_scores"] > self.pred_iou_thresh)
+
+        data["stability_score"] = calculate_stability_score(
+            data["masks"], self.predictor.model.mask_threshold, self.stability_score_offset
+        )
+        if self.stability_score_thresh > 0.0:
+            bias = self._level_table(self.stability_score_bias, data["stability_score"])[data["levels"]]
+            data.filter(data["stability_score"] + bias >= self.stability_score_thresh)
+
+        data["masks"] = data["masks"] > self.predictor.model.mask_threshold
+        data["boxes"] = batched_mask_to_box(data["masks"])
+
+        keep_mask = ~is_box_near_crop_edge(data["boxes"], crop_box, [0, 0, orig_w, orig_h])
+        if not torch.all(keep_mask):
+            data.filter(keep_mask)
+
+        data["masks"] = uncrop_masks(data["masks"], crop_box, orig_h, orig_w)
+        data["rles"] = mask_to_rle_pytorch(data["masks"])
+        del data["masks"]
+        return data
+
+
+def _decode(rles: list[dict[str, Any]]) -> np.ndarray:
+    """SAM uncompressed RLEs -> S×H×W bool (upstream ``rle_to_mask``); (0, 0, 0) when there are none."""
+    if not rles:
+        return np.zeros((0, 0, 0), bool)
+    return np.stack([rle_to_mask(r) for r in rles])
+
+
+def _xyxy_to_xywh(boxes: Any) -> np.ndarray:
+    b = np.asarray(boxes).reshape(-1, 4).copy()
+    b[:, 2:] -= b[:, :2]
+    return b
