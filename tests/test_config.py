@@ -157,3 +157,14 @@ def test_stage_hashes_change_only_downstream() -> None:
                                                       "caa_seg", "seeds_fine"]
     runtime = stage_hashes(load_config("voc", ["runtime.num_workers=1"]))
     assert runtime == base
+
+
+def test_superpixel_pattern_override_loads_its_values() -> None:
+    c = load_config("voc", ["superpixels.preset=official_default", "superpixels.points_per_side=16"])
+    sp = c.superpixels
+    assert sp.preset == "official_default" and sp.points_per_side == 16  # later overrides still apply
+    assert (sp.pred_iou_thresh, sp.stability_score_thresh, sp.crop_n_layers) == (0.88, 0.95, 0)
+    assert sp.hierarchy_recall_thresh is None and sp.score_nms_offset == [0.0, 0.0, 0.0]
+    with pytest.raises(ConfigError, match="unknown pattern 'nope'"):
+        load_config("voc", ["superpixels.preset=nope"])
+    assert load_config("voc").superpixels == load_config("voc", ["superpixels.preset=l2_nmsf_s1_rsw3"]).superpixels

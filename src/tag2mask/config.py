@@ -413,9 +413,20 @@ def load_config(preset: str | Path = "voc", overrides: list[str] | tuple[str, ..
     _update(config, values)
     for item in overrides:
         key, value = parse_override(item)
+        if key == "superpixels.preset":
+            _apply_superpixel_preset(config, value)
         _update(config, _nest(key, value))
     _check(config)
     return config
+
+
+def _apply_superpixel_preset(config: Config, name: Any) -> None:
+    """``superpixels.preset=NAME`` loads that generator pattern's values into the other ``superpixels`` keys."""
+    from tag2mask.superpixels.presets import PRESETS as SP_PRESETS
+
+    if name not in SP_PRESETS:
+        raise ConfigError(f"superpixels.preset: unknown pattern {name!r}; patterns: {', '.join(SP_PRESETS)}")
+    _update(config.superpixels, dict(SP_PRESETS[name]), "superpixels.")
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

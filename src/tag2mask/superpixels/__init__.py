@@ -1,20 +1,29 @@
-"""SAM quasi-superpixels (SPEC §7): the generator, the hierarchy filter and the per-image container."""
+"""SAM quasi-superpixels (SPEC §7): the generator, the hierarchy filter and the per-image container.
+
+Names are re-exported lazily, so ``tag2mask.superpixels.presets`` (read by the config layer) imports no torch.
+"""
 
 from __future__ import annotations
 
-from .atoms import Atoms, compute_atoms
-from .container import Superpixels
-from .generator import DEFAULT_PRESET, PARAM_NAMES, PRESETS, QuasiSuperpixelGenerator, resolve_params
-from .hierarchy import hierarchy_filter
+import importlib
+from typing import Any
 
-__all__ = [
-    "Atoms",
-    "DEFAULT_PRESET",
-    "PARAM_NAMES",
-    "PRESETS",
-    "QuasiSuperpixelGenerator",
-    "Superpixels",
-    "compute_atoms",
-    "hierarchy_filter",
-    "resolve_params",
-]
+_EXPORTS = {
+    "Atoms": "atoms",
+    "compute_atoms": "atoms",
+    "Superpixels": "container",
+    "QuasiSuperpixelGenerator": "generator",
+    "hierarchy_filter": "hierarchy",
+    "DEFAULT_PRESET": "presets",
+    "PARAM_NAMES": "presets",
+    "PRESETS": "presets",
+    "resolve_params": "presets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
