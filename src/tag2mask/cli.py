@@ -17,7 +17,6 @@ from tag2mask.errors import NotBuiltError, Tag2MaskError
 
 # Stages that later versions fill in: name -> (help line, what it will do).
 _NOT_BUILT = {
-    "superpixels": "SAM quasi-superpixels for a split (multi-level masks + hierarchy filter), cached once",
     "cams": "Softmax-GradCAM of trained task prompts, with CAA refinement",
     "train": "train the classification- or segmentation-task prompts (--task cls|seg)",
     "seeds": "SAMS seeds from CAMs and quasi-superpixels (also argmax and dense-CRF seeds)",
@@ -41,6 +40,18 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text, description=help_text + " (not built yet in this version)")
         sp.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
+    sp = sub.add_parser(
+        "superpixels",
+        help="SAM quasi-superpixels for a split (multi-level masks + hierarchy filter), cached once",
+        description="Compute the SAM quasi-superpixels of every image of a split (SPEC §7), cached under "
+        "$TAG2MASK_CACHE/superpixels and shared by every run with the same dataset, SAM and generator settings. "
+        "Resumes where it stopped; split the work over processes with --shard i/n or torchrun.",
+    )
+    _add_config_args(sp)
+    sp.add_argument("--split", help="dataset split (default: data.train_split)")
+    sp.add_argument("--shard", metavar="i/n", help="process every n-th image starting at i (default: torchrun rank)")
+    sp.add_argument("--limit", type=int, help="only the first N images of the split (for a quick look)")
+
     demo = sub.add_parser(
         "demo",
         help="the whole method on a generated synthetic dataset, no weights or downloads needed",
@@ -63,6 +74,43 @@ def _parser() -> argparse.ArgumentParser:
     keys = cfg_sub.add_parser("keys", help="list every config key")
     keys.add_argument("--prefix", default="", help="only keys starting with this")
     return p
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="voc", help="voc, coco, demo, or a YAML file (default: %(default)s)")
+    p.add_argument("--run", metavar="RUN_DIR", help="use (and record into) this run folder's config.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=/data/VOC2012")
+
+
+def _load(args: argparse.Namespace):  # -> tuple[Config, RunDir | None]
+    from tag2mask.config import load_config
+    from tag2mask.stages.rundir import RunDir
+
+    if args.run and Path(args.run, RunDir.CONFIG).is_file():
+        run = RunDir.open(args.run)
+        config = load_config(run.path / RunDir.CONFIG, args.overrides)
+        return config, RunDir.create(run.path, config)
+    config = load_config(args.preset, args.overrides)
+    return config, (RunDir.create(args.run, config) if args.run else None)
+
+
+def _cmd_superpixels(args: argparse.Namespace) -> int:
+    from tag2mask.config import stage_hashes
+    from tag2mask.stages.common import worker_shard
+    from tag2mask.stages.superpixels import run_superpixels, superpixels_dir
+
+    config, run = _load(args)
+    split = args.split or config.data.train_split
+    rank, world = worker_shard(args.shard)
+    stage = f"superpixels_{split}"
+    if run is not None:
+        run.begin_stage(stage, stage_hashes(config)["superpixels"], inputs={"split": split, "folder": str(superpixels_dir(config, split))})
+    result = run_superpixels(config, split, rank=rank, world_size=world, limit=args.limit)
+    print(f"superpixels: {result.done}/{result.total} images of {split} in {result.folder} "
+          f"({result.computed} computed now, {result.seconds:.1f} s)")
+    if run is not None and result.complete:
+        run.end_stage(stage, {"images": result.total, "computed": result.computed}, result.seconds)
+    return 0
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -140,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in _NOT_BUILT:
             raise NotBuiltError(f"'{args.command}' is not built yet in tag2mask {__version__} (see README, Status)")
-        handler = {"config": _cmd_config, "info": _cmd_info, "demo": _cmd_demo}[args.command]
+        handlers = {"config": _cmd_config, "info": _cmd_info, "demo": _cmd_demo, "superpixels": _cmd_superpixels}
+        handler = handlers[args.command]
         return handler(args)
     except NotBuiltError as e:
         print(f"tag2mask {args.command}: {e}", file=sys.stderr)

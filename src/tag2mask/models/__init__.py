@@ -1,0 +1,37 @@
+"""Model loading: OpenAI CLIP (open_clip, QuickGELU), Segment Anything, and tiny random stand-ins.
+
+- :mod:`tag2mask.models.weights` — weights folder, known files, name → path (no torch import);
+- :mod:`tag2mask.models.clip` — :func:`load_clip`, :func:`clip_tokenizer`;
+- :mod:`tag2mask.models.sam` — :func:`load_sam`, :func:`sam_predictor`;
+- :mod:`tag2mask.models.tiny` — tiny random CLIP/SAM and writers of the official checkpoint layouts.
+
+The names below are re-exported lazily, so ``import tag2mask.models.weights`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "weights_dir": "weights",
+    "resolve_weight": "weights",
+    "find_weights": "weights",
+    "load_clip": "clip",
+    "clip_tokenizer": "clip",
+    "load_sam": "sam",
+    "sam_predictor": "sam",
+    "tiny_clip": "tiny",
+    "tiny_sam": "tiny",
+    "save_openai_state_dict": "tiny",
+    "save_openai_torchscript": "tiny",
+    "save_sam_state_dict": "tiny",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,76 @@
+"""Read a weight file into a plain state dict, without running pickled code.
+
+Two layouts are read: a TorchScript archive (OpenAI's official CLIP ``.pt`` files), whose parameters are
+taken with ``torch.jit.load(...).state_dict()``, and a ``torch.save`` file of a state dict (optionally wrapped
+as ``{"state_dict": ...}``), read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+
+from tag2mask.errors import Tag2MaskError
+
+
+def is_torchscript(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a TorchScript archive (a zip holding ``constants.pkl``), not a ``torch.save`` file."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def read_state_dict(path: str | os.PathLike[str], what: str = "model") -> dict[str, torch.Tensor]:
+    """The tensors of the weight file ``path``, on CPU, keyed by parameter name.
+
+    ``what`` names the model in error messages (e.g. ``"CLIP"``).
+
+    Raises:
+        Tag2MaskError: the file cannot be read, or does not hold a mapping of names to tensors.
+    """
+    path = Path(path)
+    try:
+        if is_torchscript(path):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.9 flags torch.jit as deprecated
+                obj: object = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types (RuntimeError, UnpicklingError, EOFError, ...)
+        # torch's own text is chained, not quoted: for weights_only refusals it advises weights_only=False.
+        raise Tag2MaskError(
+            f"cannot read {what} weight file {path} ({type(e).__name__}): it is corrupt or truncated (download it "
+            f"again), not a PyTorch checkpoint, or a checkpoint holding Python objects besides tensors, which "
+            f"tag2mask does not unpickle (save its plain state dict instead)."
+        ) from e
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
+        raise Tag2MaskError(
+            f"{what} weight file {path} does not hold a state dict (a mapping of parameter names to tensors)."
+        )
+    return obj
+
+
+def short_reason(e: BaseException) -> str:
+    """One line saying why loading failed: the first informative line of ``e``, at most 300 characters.
+
+    ``load_state_dict`` errors open with a bare "Error(s) in loading state_dict for X:" header and can list
+    hundreds of keys; the line after the header is the useful one.
+    """
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading"):
+        return lines[1][:300]
+    return lines[0][:300] if lines else type(e).__name__

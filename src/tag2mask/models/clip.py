@@ -1,0 +1,78 @@
+"""Loading OpenAI CLIP weights into an open_clip model, and the matching tokenizer.
+
+The files are OpenAI's official ones (``ViT-B-16.pt`` and friends: TorchScript archives holding fp16 weights)
+or plain state dicts with the same key names. The architecture is read off the tensor shapes, so any
+OpenAI-layout checkpoint loads, including the tiny random ones of :mod:`tag2mask.models.tiny`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from open_clip.model import CLIP, build_model_from_openai_state_dict
+from open_clip.tokenizer import SimpleTokenizer
+
+from tag2mask.errors import Tag2MaskError
+from tag2mask.models.checkpoint import read_state_dict, short_reason
+from tag2mask.models.weights import resolve_weight
+
+CONTEXT_LENGTH = 77
+"""Tokens per prompt for every OpenAI CLIP model."""
+
+# Entries of OpenAI's TorchScript archives that are metadata, not parameters.
+_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+# Keys every OpenAI-layout CLIP state dict has (the visual tower is checked separately: ViT or ResNet).
+_REQUIRED_KEYS = ("text_projection", "token_embedding.weight", "positional_embedding", "ln_final.weight")
+
+
+def load_clip(name_or_path: str | os.PathLike[str] = "ViT-B/16", device: str | torch.device = "cpu") -> CLIP:
+    """Load an OpenAI-format CLIP checkpoint as a frozen float32 open_clip model.
+
+    Args:
+        name_or_path: a known name (``"ViT-B/16"``, ``"ViT-B/32"``, ``"ViT-L/14"``, ``"ViT-L/14@336px"``),
+            looked up in the weights folder (see :func:`tag2mask.models.weights.resolve_weight`), or the path of
+            a file: OpenAI's TorchScript archive, or a ``torch.save`` state dict with OpenAI key names (bare or
+            under ``"state_dict"``), fp16 or fp32.
+        device: where the returned model lives.
+
+    Returns:
+        The open_clip ``CLIP`` model, built with QuickGELU, float32, in eval mode, with
+        ``requires_grad_(False)`` on every parameter.
+
+    Raises:
+        MissingWeightsError: the file is not there (the message says where to get it).
+        Tag2MaskError: the file is unreadable or is not an OpenAI-layout CLIP checkpoint.
+    """
+    path = resolve_weight(name_or_path, kind="clip")
+    state_dict = read_state_dict(path, what="CLIP")
+    for key in _METADATA_KEYS:
+        state_dict.pop(key, None)
+    missing = [k for k in _REQUIRED_KEYS if k not in state_dict]
+    if missing or not ("visual.proj" in state_dict or "visual.attnpool.positional_embedding" in state_dict):
+        raise Tag2MaskError(
+            f"CLIP weight file {path} is not an OpenAI-format CLIP checkpoint (missing keys such as "
+            f"{(missing or ['visual.proj'])[0]!r}); expected OpenAI's official file (e.g. ViT-B-16.pt) or a state "
+            f"dict with its key names."
+        )
+    try:
+        # QuickGELU (x * sigmoid(1.702 x)) is the activation OpenAI trained every CLIP MLP with. open_clip's
+        # plain configs use exact GELU; the weights load into either without complaint, but with exact GELU
+        # every feature is silently (slightly) wrong, and the CAMs with them. So quick_gelu=True, always.
+        model = build_model_from_openai_state_dict(state_dict, quick_gelu=True, cast_dtype=None)
+        # open_clip builds some layers in fp16 before loading; make every tensor float32 and load again, so an
+        # fp32 checkpoint keeps its full precision (for fp16 files the second load changes nothing).
+        model.float()
+        model.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, KeyError, ValueError, IndexError, AssertionError, TypeError) as e:
+        raise Tag2MaskError(
+            f"CLIP weight file {path} does not fit an OpenAI CLIP architecture: {short_reason(e)}"
+        ) from e
+    model.eval().requires_grad_(False)
+    return model.to(device)
+
+
+def clip_tokenizer() -> SimpleTokenizer:
+    """open_clip's tokenizer for OpenAI's BPE vocabulary (ships with open_clip); ``tok(["a dog"])`` gives
+    a ``LongTensor`` of shape ``(1, 77)``."""
+    return SimpleTokenizer()

@@ -1,0 +1,156 @@
+"""Where model weight files live, which files tag2mask knows, and how to get them.
+
+This module never imports torch: ``tag2mask info`` uses it and must stay fast.
+
+The weights folder is ``$TAG2MASK_WEIGHTS`` when that variable is set (and not empty), else
+``~/.cache/tag2mask/weights``. A known name (``"ViT-B/16"``, ``"vit_h"``, or the file name itself such as
+``"ViT-B-16.pt"``) resolves to its official file name in that folder; any existing file path is used as is.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tag2mask.errors import MissingWeightsError
+
+WeightKind = Literal["clip", "sam"]
+
+ENV_VAR = "TAG2MASK_WEIGHTS"
+DEFAULT_WEIGHTS_DIR = Path("~") / ".cache" / "tag2mask" / "weights"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One official weight file: the name users type, the file name on disk, and where it comes from."""
+
+    name: str
+    kind: WeightKind
+    filename: str
+    url: str
+    source: str
+
+
+_OPENAI = "https://openaipublic.azureedge.net/clip/models"
+_META = "https://dl.fbaipublicfiles.com/segment_anything"
+
+# The OpenAI addresses are the ones OpenAI's `clip` package and open_clip's `pretrained.py` list; the long hex
+# folder name is the file's SHA-256.
+KNOWN_WEIGHTS: tuple[WeightFile, ...] = (
+    WeightFile(
+        "ViT-B/16",
+        "clip",
+        "ViT-B-16.pt",
+        f"{_OPENAI}/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+        "OpenAI CLIP",
+    ),
+    WeightFile(
+        "ViT-B/32",
+        "clip",
+        "ViT-B-32.pt",
+        f"{_OPENAI}/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+        "OpenAI CLIP",
+    ),
+    WeightFile(
+        "ViT-L/14",
+        "clip",
+        "ViT-L-14.pt",
+        f"{_OPENAI}/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+        "OpenAI CLIP",
+    ),
+    WeightFile(
+        "ViT-L/14@336px",
+        "clip",
+        "ViT-L-14-336px.pt",
+        f"{_OPENAI}/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+        "OpenAI CLIP",
+    ),
+    WeightFile("vit_h", "sam", "sam_vit_h_4b8939.pth", f"{_META}/sam_vit_h_4b8939.pth", "Meta Segment Anything"),
+    WeightFile("vit_l", "sam", "sam_vit_l_0b3195.pth", f"{_META}/sam_vit_l_0b3195.pth", "Meta Segment Anything"),
+    WeightFile("vit_b", "sam", "sam_vit_b_01ec64.pth", f"{_META}/sam_vit_b_01ec64.pth", "Meta Segment Anything"),
+)
+
+_KIND_LABEL = {"clip": "CLIP", "sam": "SAM"}
+
+
+def weights_dir() -> Path:
+    """The folder searched for weight files by name.
+
+    ``$TAG2MASK_WEIGHTS`` if set and not empty, else ``~/.cache/tag2mask/weights`` (``~`` expanded). The folder
+    is not created here.
+    """
+    env = os.environ.get(ENV_VAR, "").strip()
+    return Path(env).expanduser() if env else DEFAULT_WEIGHTS_DIR.expanduser()
+
+
+def known_weight(name: str, kind: WeightKind) -> WeightFile | None:
+    """The registry entry of ``kind`` whose name or file name is ``name``, or None."""
+    for w in KNOWN_WEIGHTS:
+        if w.kind == kind and name in (w.name, w.filename):
+            return w
+    return None
+
+
+def known_names(kind: WeightKind) -> list[str]:
+    """The names of ``kind`` that :func:`resolve_weight` accepts (file names are accepted too)."""
+    return [w.name for w in KNOWN_WEIGHTS if w.kind == kind]
+
+
+def download_hint(w: WeightFile, folder: Path) -> str:
+    """Shell lines that fetch the official file ``w`` into ``folder``."""
+    d = shlex.quote(str(folder))
+    f = shlex.quote(str(folder / w.filename))
+    return f"  mkdir -p {d} && curl -L -o {f} {w.url}\n  (or: wget -O {f} {w.url})"
+
+
+def resolve_weight(name_or_path: str | os.PathLike[str], kind: WeightKind = "clip") -> Path:
+    """Turn a weight name or a file path into the path of an existing file.
+
+    An existing file path is returned as is (``~`` expanded). A known name of ``kind`` (e.g. ``"ViT-B/16"``,
+    ``"vit_h"``, or its file name ``"ViT-B-16.pt"``) resolves to that file in :func:`weights_dir`.
+
+    Raises:
+        MissingWeightsError: the file is not there. The message names the file, the folder searched, the
+            ``TAG2MASK_WEIGHTS`` variable and the official download address; for an unknown name it lists
+            the known names.
+    """
+    if kind not in _KIND_LABEL:
+        raise ValueError(f"kind must be 'clip' or 'sam', not {kind!r}")
+    label = _KIND_LABEL[kind]
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    name = os.fspath(name_or_path)
+    w = known_weight(name, kind)
+    folder = weights_dir()
+    if w is None:
+        known = f"Known {label} names: {', '.join(known_names(kind))}"
+        if path.suffix or os.sep in name:
+            raise MissingWeightsError(f"{label} weight file {name} does not exist. {known}.")
+        raise MissingWeightsError(
+            f"{label} weights {name!r} not found: it is neither an existing file nor a known name. {known} "
+            f"(looked up in {folder}, the weights folder; set {ENV_VAR} to use another folder)."
+        )
+    found = folder / w.filename
+    if found.is_file():
+        return found
+    raise MissingWeightsError(
+        f"{label} weights {w.name!r} not found: no file {w.filename} in {folder} "
+        f"(the weights folder: ${ENV_VAR} if set, else {DEFAULT_WEIGHTS_DIR}).\n"
+        f"Download the official {w.source} file from {w.url}, e.g.:\n"
+        f"{download_hint(w, folder)}\n"
+        f"or set {ENV_VAR} to the folder that holds {w.filename}, or pass the file's path instead of the name."
+    )
+
+
+def find_weights() -> list[tuple[str, str, Path | None]]:
+    """Every known weight file as ``(name, filename, path found in weights_dir() or None)``, CLIP first."""
+    folder = weights_dir()
+    rows: list[tuple[str, str, Path | None]] = []
+    for w in KNOWN_WEIGHTS:
+        p = folder / w.filename
+        rows.append((w.name, w.filename, p if p.is_file() else None))
+    return rows

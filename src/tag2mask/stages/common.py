@@ -1,0 +1,72 @@
+"""What every stage needs: the dataset of a split, the device, the worker's shard, the cache folder, progress."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tag2mask.config import Config
+from tag2mask.data import SegDataset, default_cache_dir, open_dataset
+from tag2mask.errors import ConfigError
+
+log = logging.getLogger("tag2mask")
+T = TypeVar("T")
+
+
+def dataset_options(config: Config) -> dict[str, Any]:
+    """Reader options implied by ``config.data`` (label source) for ``open_dataset``."""
+    data = config.data
+    if data.dataset == "voc":
+        if data.label_source not in ("masks", "xml"):
+            raise ConfigError(f"data.label_source: VOC labels come from 'masks' or 'xml', not {data.label_source!r}")
+        return {"label_source": data.label_source, "cache_dir": cache_dir(config)}
+    if data.dataset == "coco":
+        return {"source": "instances" if data.label_source == "instances" else "png", "cache_dir": cache_dir(config)}
+    return {}
+
+
+def open_split(config: Config, split: str) -> SegDataset:
+    """The dataset split named ``split`` as ``config.data`` describes it."""
+    data = config.data
+    return open_dataset(data.dataset, data.root, split, on_error=data.on_error, **dataset_options(config))
+
+
+def cache_dir(config: Config) -> Path:
+    """``runtime.cache_dir`` if set, else ``$TAG2MASK_CACHE``, else ``~/.cache/tag2mask``."""
+    return Path(config.runtime.cache_dir).expanduser() if config.runtime.cache_dir else default_cache_dir()
+
+
+def resolve_device(name: str = "auto") -> str:
+    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; other names are checked and returned."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device={name!r} but no CUDA device is visible; use runtime.device=cpu")
+    if os.environ.get("LOCAL_RANK") and name == "cuda":
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return name
+
+
+def worker_shard(shard: str | None = None) -> tuple[int, int]:
+    """This worker's ``(rank, world_size)``: from ``--shard i/n`` if given, else torchrun's ``RANK``/``WORLD_SIZE``."""
+    if shard:
+        try:
+            i, n = (int(p) for p in shard.split("/"))
+        except ValueError:
+            raise ConfigError(f"--shard must look like i/n (e.g. 0/4), got {shard!r}") from None
+        if not 0 <= i < n:
+            raise ConfigError(f"--shard {shard}: need 0 <= i < n")
+        return i, n
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def progress(items: Iterable[T], total: int, desc: str, enabled: bool = True) -> Iterator[T]:
+    """A tqdm bar over ``items`` (shown only when ``enabled``; tqdm writes to stderr)."""
+    from tqdm import tqdm
+
+    yield from tqdm(items, total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
