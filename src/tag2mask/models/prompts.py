@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tag2mask.errors import Tag2MaskError
+from tag2mask.models.clip import clip_tokenizer
 from tag2mask.io import atomic_write
 
 
@@ -29,12 +30,6 @@ def hash_seed(seed: int | str) -> int:
     if isinstance(seed, int):
         return seed
     return int(hashlib.sha1(seed.encode("utf-8")).hexdigest(), 16) % (2**32)
-
-
-def _tokenizer():  # imported lazily: open_clip's tokenizer module loads its BPE vocabulary on import
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer()
 
 
 class PromptLearner(nn.Module):
@@ -73,7 +68,7 @@ class PromptLearner(nn.Module):
         self.class_specific = class_specific
         self.name_position = name_position
 
-        tok = _tokenizer()
+        tok = clip_tokenizer()
         context_length = int(clip_model.positional_embedding.shape[0])
         sot, eot = tok.encoder["<start_of_text>"], tok.encoder["<end_of_text>"]
         placeholder = " ".join(["X"] * n_ctx)

@@ -1,0 +1,39 @@
+"""Seeds from CAMs: SAMS on quasi-superpixels and plain argmax seeds (SPEC §3, §8, §9, §11.2).
+
+* :func:`sams_seed` — the SAMS seed of one image (the reference rule by default, options of SPEC §8).
+* :func:`sams_scores` — its per-superpixel intermediates (scores, labels, confidences, paint order).
+* :func:`precompute_superpixels` / :class:`SeedingIndex` — the masks' atom decomposition, computed once per
+  image and reused for every CAM and hyper-parameter.
+* :func:`sams_refine` — SAMS refinement of a segmentation network's probabilities (SPEC §11.2).
+* :func:`argmax_seed` — resize, clamp, min-max, background power, argmax (SPEC §3, §9).
+"""
+
+from __future__ import annotations
+
+from tag2mask.seeding.sams import (
+    BgMethod,
+    Gather,
+    NormFirst,
+    SamsScores,
+    SeedingIndex,
+    Uncovered,
+    argmax_seed,
+    precompute_superpixels,
+    sams_refine,
+    sams_scores,
+    sams_seed,
+)
+
+__all__ = [
+    "BgMethod",
+    "Gather",
+    "NormFirst",
+    "SamsScores",
+    "SeedingIndex",
+    "Uncovered",
+    "argmax_seed",
+    "precompute_superpixels",
+    "sams_refine",
+    "sams_scores",
+    "sams_seed",
+]
