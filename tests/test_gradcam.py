@@ -156,3 +156,45 @@ def test_attention_rows_are_distributions(tiny: torch.nn.Module) -> None:
     out = GradCAMClip(tiny, _learner(tiny), att_layers=8)(torch.randn(2, 3, 32, 48), torch.ones(2, 3), need_attention=True)
     assert out.att.shape == (2, 6, 6) and not out.att.requires_grad
     assert torch.all(out.att >= 0) and torch.all(out.att.sum(-1) <= 1 + 1e-5)  # CLS column dropped
+
+
+def test_full_size_vit_b16_cam_shapes_for_a_voc_image(random_vit_b16: torch.nn.Module) -> None:
+    from tag2mask.stages.cams import prepare_image
+
+    learner = PromptLearner(random_vit_b16, ["cat", "dog", "person"], ["sky", "grass"], n_ctx=16)
+    model = GradCAMClip(random_vit_b16, learner)
+    x = prepare_image(np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8))
+    out = model(x, torch.tensor([[1.0, 0.0, 1.0]]), need_attention=True)
+    assert out.grid == (24, 32) and out.cam.shape == (2, 24, 32)  # 500×375 → 512×384 → 32×24 patches
+    assert out.att.shape == (1, 768, 768) and out.logits.shape == (1, 5)
+
+
+def test_second_order_gradient_matches_finite_differences() -> None:
+    """d(loss(CAM))/d(ctx) through Softmax-GradCAM (create_graph) against central differences, in float64."""
+    from tag2mask.models.tiny import tiny_clip
+
+    torch.manual_seed(0)
+    clip = tiny_clip(seed=5, width=64, heads=1, text_width=64, text_heads=1, image_size=32).double()
+    learner = PromptLearner(clip, ["cat", "dog"], ["sky"], n_ctx=2, seed=3, ctx_std=0.5).double()
+    model = GradCAMClip(clip, learner)
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    labels = torch.tensor([[1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+    weights = torch.randn(3, 2, 2, dtype=torch.float64)
+
+    def loss() -> torch.Tensor:
+        return (model(images, labels, create_graph=True).cam * weights).sum()
+
+    (grad,) = torch.autograd.grad(loss(), learner.ctx)
+    eps = 1e-6
+    numeric = torch.zeros_like(grad)
+    flat = learner.ctx.data.view(-1)
+    for i in range(flat.numel()):
+        old = flat[i].item()
+        flat[i] = old + eps
+        up = loss().item()
+        flat[i] = old - eps
+        down = loss().item()
+        flat[i] = old
+        numeric.view(-1)[i] = (up - down) / (2 * eps)
+    assert grad.abs().max() > 0
+    torch.testing.assert_close(grad, numeric, rtol=1e-5, atol=1e-9 * float(numeric.abs().max()) + 1e-12)

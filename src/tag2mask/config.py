@@ -160,6 +160,7 @@ class CamsConfig:
     flip: bool = False
     softmax: Literal["reference", "clean"] = "reference"
     att_layers: int = 8
+    save_att: bool = False
 
 
 @dataclass
@@ -491,13 +492,11 @@ PIPELINE: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
     # (stage, upstream stage, sections)
     ("superpixels", None, ("data.dataset", "data.root", "models.sam_type", "models.sam", "superpixels")),
     ("train_cls", None, ("data", "models.clip", "prompts.cls", "train.cls")),
-    ("cams_cls", "train_cls", ("cams",)),
-    ("caa_cls", "cams_cls", ("caa.cls",)),
-    ("seeds_coarse", "caa_cls", ("seeds.coarse",)),
+    ("cams_cls", "train_cls", ("cams", "caa.cls")),  # CAMs, then CAA in the same pass
+    ("seeds_coarse", "cams_cls", ("seeds.coarse",)),
     ("train_seg", "seeds_coarse", ("prompts.seg", "train.seg")),
-    ("cams_seg", "train_seg", ("cams",)),
-    ("caa_seg", "cams_seg", ("caa.seg",)),
-    ("seeds_fine", "caa_seg", ("seeds.fine",)),
+    ("cams_seg", "train_seg", ("cams", "caa.seg")),
+    ("seeds_fine", "cams_seg", ("seeds.fine",)),
 )
 
 

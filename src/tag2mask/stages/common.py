@@ -70,3 +70,42 @@ def progress(items: Iterable[T], total: int, desc: str, enabled: bool = True) ->
     from tqdm import tqdm
 
     yield from tqdm(items, total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
+
+
+# -- models of a run ----------------------------------------------------------------------------------------------
+
+
+def prompt_names(config: Config, task: str, class_names: tuple[str, ...] | list[str]) -> tuple[list[str], list[str]]:
+    """The foreground and background prompt names of ``task`` (SPEC §2.2, §2.3).
+
+    Foreground: ``data.fg_names`` (one per dataset class, same order), or the dataset's class names when empty.
+    Background: ``data.bg_names``, or as many empty names (purely learned prompts) with ``bg_prompts: nameless``.
+    """
+    fg = list(config.data.fg_names) or list(class_names)
+    if len(fg) != len(class_names):
+        raise ConfigError(
+            f"data.fg_names has {len(fg)} names but the dataset has {len(class_names)} classes; "
+            "give one CLIP name per class, in the dataset's order"
+        )
+    bg = list(config.data.bg_names)
+    if getattr(config.prompts, task).bg_prompts == "nameless":
+        bg = [""] * len(bg)
+    return fg, bg
+
+
+def build_prompt_learner(clip_model: Any, config: Config, task: str, class_names: tuple[str, ...] | list[str]) -> Any:
+    """The task's :class:`~tag2mask.models.prompts.PromptLearner` with its configured (seeded) initial context."""
+    from tag2mask.models.prompts import PromptLearner
+
+    p = getattr(config.prompts, task)
+    fg, bg = prompt_names(config, task, class_names)
+    return PromptLearner(
+        clip_model, fg, bg, n_ctx=p.n_ctx, class_specific=p.class_specific, name_position=p.name_position,
+        ctx_std=p.ctx_std, seed=p.seed,
+    )
+
+
+def context_path(run_path: Path, task: str, checkpoint: int | str = "final") -> Path:
+    """Where prompt training of ``task`` saves its context at ``checkpoint`` (``"final"`` or an iteration)."""
+    name = "final" if checkpoint == "final" else f"iter_{int(checkpoint):06d}"
+    return Path(run_path) / f"train_{task}" / f"ctx_{name}.safetensors"

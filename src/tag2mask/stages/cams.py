@@ -1,0 +1,204 @@
+"""The ``cams`` stage: Softmax-GradCAM of a task's trained prompts over a split, then CAA (SPEC §1.2, §3, §5.6, §6).
+
+Per image (batch 1, float32, no autocast, single scale, no flip — SPEC §1.2): each side is resized up to the next
+multiple of ``cams.align`` (16) with PIL bicubic, normalised with CLIP's mean/std, and the ground-truth image
+labels choose the classes. The raw CAMs are refined by CAA when ``caa.<task>.enabled``. One ``.npz`` per image:
+
+* ``cam``      P×h×w float32, the CAM seeding reads (after CAA when enabled, else raw)
+* ``cam_raw``  P×h×w float32, the raw Softmax-GradCAM
+* ``fg_cls``   P int64, the positive classes (0-based), in ``nonzero`` order
+* ``size``     (H, W) of the original image
+* ``logits``   G float32, all prompt logits (foreground first)
+* ``att``      (h·w)×(h·w) float16, merged attention of the last 8 blocks (only with ``cams.save_att``)
+
+Images without any positive label get no file (their seed is all background). ``--external DIR`` takes CAMs made
+by another method in this format instead (``cam``, ``fg_cls``, optional ``size`` and ``att``): they are checked,
+refined by CAA when the file carries ``att`` and CAA is enabled, and written in the same layout.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tag2mask.config import Config
+from tag2mask.errors import DataError, NotBuiltError, Tag2MaskError
+from tag2mask.io import load_npz, save_npz
+from tag2mask.stages.common import build_prompt_learner, log, open_split, progress, resolve_device
+from tag2mask.stages.rundir import pending, shard
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def aligned_size(height: int, width: int, align: int) -> tuple[int, int]:
+    """Each side rounded up to a multiple of ``align`` (SPEC §1.2: 500×375 → 512×384)."""
+    return math.ceil(height / align) * align, math.ceil(width / align) * align
+
+
+def prepare_image(image: np.ndarray, align: int = 16) -> Any:
+    """H×W×3 uint8 RGB → 1×3×H'×W' float32 tensor: bicubic resize to the aligned size, CLIP normalisation."""
+    import torch
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    ah, aw = aligned_size(h, w, align)
+    if (ah, aw) != (h, w):
+        image = np.asarray(Image.fromarray(image).resize((aw, ah), Image.BICUBIC))
+    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return ((x - mean) / std).unsqueeze(0)
+
+
+def refine(cam: np.ndarray, att: np.ndarray, config: Config, task: str) -> np.ndarray:
+    """CAA of one image's raw CAMs with the task's settings (SPEC §6)."""
+    from tag2mask.cam import caa_refine
+
+    c = getattr(config.caa, task)
+    return caa_refine(
+        cam.astype(np.float32), att.astype(np.float32), sinkhorn_iters=c.sinkhorn_iters, power=c.power,
+        box_thresh=c.box_thresh, propagate=c.propagate, boxes=c.boxes, att_layers=config.cams.att_layers,
+    )
+
+
+def cam_one(model: Any, image: np.ndarray, fg_cls: np.ndarray, config: Config, task: str, device: str) -> dict:
+    """The arrays of one image's CAM file."""
+    import torch
+
+    x = prepare_image(image, config.cams.align).to(device)
+    labels = torch.zeros(1, model.num_fg, device=device)
+    labels[0, torch.as_tensor(fg_cls, device=device)] = 1.0
+    caa_on = getattr(config.caa, task).enabled
+    need_att = caa_on or config.cams.save_att
+    out = model(x, labels, need_attention=need_att)
+    raw = out.cam.detach().float().cpu().numpy()
+    arrays: dict[str, Any] = {
+        "cam_raw": raw,
+        "fg_cls": out.pairs[:, 1].cpu().numpy().astype(np.int64),
+        "size": np.asarray(image.shape[:2], np.int64),
+        "logits": out.logits[0].detach().float().cpu().numpy(),
+    }
+    att = out.att[0].float().cpu().numpy() if need_att else None
+    arrays["cam"] = refine(raw, att, config, task) if caa_on else raw
+    if config.cams.save_att:
+        arrays["att"] = att.astype(np.float16)
+    return arrays
+
+
+def load_cam_file(path: Path) -> dict[str, np.ndarray]:
+    """Read and check one CAM file (ours or external): ``cam`` P×h×w, ``fg_cls`` P, optional ``size``/``att``."""
+    try:
+        arrays = load_npz(path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz CAM file ({e.__class__.__name__}: {e})") from None
+    if "cam" not in arrays or "fg_cls" not in arrays:
+        raise DataError(f"{path}: a CAM file needs the arrays 'cam' (P×h×w) and 'fg_cls' (P); has {sorted(arrays)}")
+    cam, fg = arrays["cam"], np.asarray(arrays["fg_cls"]).reshape(-1)
+    if cam.ndim != 3 or cam.shape[0] != fg.shape[0]:
+        raise DataError(f"{path}: 'cam' must be P×h×w with P = len(fg_cls) = {fg.shape[0]}, got {cam.shape}")
+    arrays["cam"], arrays["fg_cls"] = cam.astype(np.float32), fg.astype(np.int64)
+    return arrays
+
+
+@dataclass
+class CamsResult:
+    folder: Path
+    done: int  # images with a CAM file (all workers)
+    total: int  # images with at least one positive label
+    computed: int
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.total
+
+
+def run_cams(
+    config: Config,
+    task: str,
+    split: str,
+    out_dir: Path,
+    *,
+    context: Path | None = None,
+    external: Path | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    limit: int | None = None,
+    show_progress: bool = True,
+) -> CamsResult:
+    """Compute (or import) the CAMs of ``split`` for ``task`` into ``out_dir``; finished images are skipped."""
+    if config.cams.scales != [1.0] or config.cams.flip:
+        raise NotBuiltError("multi-scale or flipped CAM inference is not built yet; use cams.scales=[1.0] cams.flip=false")
+    dataset = open_split(config, split)
+    ids = [i for i in (dataset.ids[:limit] if limit else dataset.ids) if dataset[i].labels]
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def output(image_id: str) -> Path:
+        return out_dir / f"{image_id}.npz"
+
+    todo = list(pending(shard(ids, rank, world_size), output))
+    t0 = time.perf_counter()
+    if todo:
+        if external is not None:
+            step = _importer(config, task, Path(external), dataset)
+        else:
+            step = _computer(config, task, dataset, context)
+        for image_id in progress(todo, len(todo), f"cams {task} {split}", show_progress and rank == 0):
+            arrays = step(image_id)
+            output(image_id).parent.mkdir(parents=True, exist_ok=True)
+            save_npz(output(image_id), **arrays)
+    done = sum(output(i).exists() for i in ids)
+    return CamsResult(out_dir, done, len(ids), len(todo), time.perf_counter() - t0)
+
+
+def _computer(config: Config, task: str, dataset: Any, context: Path | None):
+    from tag2mask.cam import GradCAMClip
+    from tag2mask.models.clip import load_clip
+
+    if context is None or not Path(context).is_file():
+        raise Tag2MaskError(
+            f"prompt weights for the {task} task not found ({context}); train them with "
+            f"'tag2mask train --task {task} --run RUN' or pass --weights FILE"
+        )
+    device = resolve_device(config.runtime.device)
+    clip = load_clip(config.models.clip, device=device)
+    learner = build_prompt_learner(clip, config, task, dataset.class_names).to(device)
+    learner.load_context(context)
+    model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers).eval()
+    log.info("cams: %s task, prompt weights %s, device %s", task, context, device)
+
+    def step(image_id: str) -> dict:
+        fg = np.asarray(dataset[image_id].labels, np.int64)
+        return cam_one(model, dataset.load_image(image_id), fg, config, task, device)
+
+    return step
+
+
+def _importer(config: Config, task: str, folder: Path, dataset: Any):
+    caa_on = getattr(config.caa, task).enabled
+
+    def step(image_id: str) -> dict:
+        path = folder / f"{image_id}.npz"
+        if not path.is_file():
+            raise DataError(f"external CAM file {path} not found (one <id>.npz per image with 'cam' and 'fg_cls')")
+        arrays = load_cam_file(path)
+        expected = np.asarray(dataset[image_id].labels, np.int64)
+        if not np.array_equal(np.sort(arrays["fg_cls"]), expected):
+            raise DataError(f"{path}: fg_cls {arrays['fg_cls'].tolist()} differ from the image labels {expected.tolist()}")
+        out = {"cam_raw": arrays["cam"], "fg_cls": arrays["fg_cls"]}
+        out["size"] = np.asarray(arrays["size"] if "size" in arrays else dataset.load_image(image_id).shape[:2], np.int64)
+        if caa_on and "att" in arrays:
+            out["cam"] = refine(arrays["cam"], arrays["att"], config, task)
+        else:
+            out["cam"] = arrays["cam"]
+        if "att" in arrays and config.cams.save_att:
+            out["att"] = arrays["att"].astype(np.float16)
+        return out
+
+    return step

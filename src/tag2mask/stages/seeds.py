@@ -1,0 +1,120 @@
+"""The ``seeds`` stage: seeds from saved CAMs, by SAMS on the quasi-superpixels, plain argmax, or dense CRF.
+
+Reads ``<cams>/<id>.npz`` (see :mod:`tag2mask.stages.cams`) and, for SAMS, the split's cached quasi-superpixels;
+writes ``<out>/<id>.png`` (palette PNG, 0 background, ``c+1`` class ``c``) for every image of the split. An image
+without a CAM file (no positive label) gets an all-background seed. Resumable and shardable like every stage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tag2mask.config import Config, SeedTaskConfig
+from tag2mask.errors import DataError, Tag2MaskError
+from tag2mask.stages.cams import load_cam_file
+from tag2mask.stages.common import open_split, progress
+from tag2mask.stages.rundir import pending, shard
+from tag2mask.viz.palette import write_label_png
+
+SEEDS_OF_TASK = {"cls": "coarse", "seg": "fine"}
+
+
+def seed_one(
+    cam_file: dict[str, np.ndarray] | None,
+    size: tuple[int, int],
+    settings: SeedTaskConfig,
+    superpixels: Any = None,
+    image: np.ndarray | None = None,
+) -> np.ndarray:
+    """One image's seed from its CAM file's arrays with the given settings (SPEC §8, §9, §8.1)."""
+    if cam_file is None or len(cam_file["fg_cls"]) == 0:
+        return np.zeros(size, np.uint8)
+    cam, fg = cam_file["cam"], cam_file["fg_cls"]
+    if settings.method == "sams":
+        from tag2mask.seeding import sams_seed
+
+        return np.asarray(sams_seed(
+            cam, fg, superpixels.masks, superpixels.levels, settings.bg_power, norm_first=settings.norm_first,
+            gather=settings.gather, bg_method=settings.bg_method, uncovered=settings.uncovered,
+        ))
+    if settings.method == "argmax":
+        from tag2mask.seeding import argmax_seed
+
+        return np.asarray(argmax_seed(cam, fg, size, settings.bg_power))
+    from tag2mask.seeding.crf import crf_seed
+
+    return np.asarray(crf_seed(image, cam, fg, bg_power=settings.bg_power, params=settings.crf))
+
+
+@dataclass
+class SeedsResult:
+    folder: Path
+    done: int
+    total: int
+    computed: int
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.total
+
+
+def run_seeds(
+    config: Config,
+    task: str,
+    split: str,
+    cams_dir: Path,
+    out_dir: Path,
+    *,
+    superpixels_dir: Path | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    limit: int | None = None,
+    show_progress: bool = True,
+) -> SeedsResult:
+    """Write the seeds of ``split`` from the CAMs in ``cams_dir`` into ``out_dir`` (``task`` cls → coarse, seg → fine)."""
+    settings: SeedTaskConfig = getattr(config.seeds, SEEDS_OF_TASK[task])
+    dataset = open_split(config, split)
+    ids = dataset.ids[:limit] if limit else dataset.ids
+    if settings.method == "sams":
+        if superpixels_dir is None:
+            from tag2mask.stages.superpixels import superpixels_dir as default_dir
+
+            superpixels_dir = default_dir(config, split)
+        from tag2mask.superpixels import Superpixels
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def output(image_id: str) -> Path:
+        return out_dir / f"{image_id}.png"
+
+    todo = list(pending(shard(ids, rank, world_size), output))
+    t0 = time.perf_counter()
+    for image_id in progress(todo, len(todo), f"seeds {SEEDS_OF_TASK[task]} {split}", show_progress and rank == 0):
+        sample = dataset[image_id]
+        cam_path = Path(cams_dir) / f"{image_id}.npz"
+        cam_file = load_cam_file(cam_path) if cam_path.is_file() else None
+        if cam_file is None and sample.labels:
+            raise Tag2MaskError(f"CAM file {cam_path} is missing; run 'tag2mask cams --task {task}' first")
+        size = tuple(int(v) for v in cam_file["size"]) if cam_file is not None and "size" in cam_file else None
+        image = dataset.load_image(image_id) if settings.method == "crf" or size is None else None
+        size = size or image.shape[:2]
+        superpixels = None
+        if settings.method == "sams" and cam_file is not None:
+            stem = Path(superpixels_dir) / image_id
+            if not Path(str(stem) + ".json").is_file():
+                raise Tag2MaskError(
+                    f"quasi-superpixels of {image_id} not found in {superpixels_dir}; run 'tag2mask superpixels' first"
+                )
+            superpixels = Superpixels.load(stem)
+            if tuple(superpixels.size) != size:
+                raise DataError(f"{stem}.json: superpixels are {superpixels.size}, the image is {size}")
+        seed = seed_one(cam_file, size, settings, superpixels, image)
+        output(image_id).parent.mkdir(parents=True, exist_ok=True)
+        write_label_png(output(image_id), seed)
+    done = sum(output(i).exists() for i in ids)
+    return SeedsResult(out_dir, done, len(ids), len(todo), time.perf_counter() - t0)
