@@ -17,9 +17,7 @@ from tag2mask.errors import NotBuiltError, Tag2MaskError
 
 # Stages that later versions fill in: name -> (help line, what it will do).
 _NOT_BUILT = {
-    "cams": "Softmax-GradCAM of trained task prompts, with CAA refinement",
     "train": "train the classification- or segmentation-task prompts (--task cls|seg)",
-    "seeds": "SAMS seeds from CAMs and quasi-superpixels (also argmax and dense-CRF seeds)",
     "evaluate": "seed / prediction mIoU with an explicit protocol",
     "run": "the whole coarse-to-fine pipeline, resumable: tags in, fine seeds out",
     "segment": "text-to-semantic-mask on any image with a trained run",
@@ -52,6 +50,27 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--shard", metavar="i/n", help="process every n-th image starting at i (default: torchrun rank)")
     sp.add_argument("--limit", type=int, help="only the first N images of the split (for a quick look)")
 
+    cams = sub.add_parser(
+        "cams",
+        help="Softmax-GradCAM of trained task prompts, with CAA refinement",
+        description="CAMs of a task's prompts for every labelled image of a split (SPEC §1.2, §3), refined by CAA "
+        "(SPEC §6) as the config says, written to RUN/cams_<task>/<id>.npz. Resumable and shardable.",
+    )
+    _add_config_args(cams, run_required=True)
+    _add_task_args(cams)
+    cams.add_argument("--weights", metavar="FILE", help="prompt context (.safetensors; default: the run's trained one)")
+    cams.add_argument("--external", metavar="DIR", help="import CAMs made elsewhere (<id>.npz with cam, fg_cls[, att])")
+
+    seeds = sub.add_parser(
+        "seeds",
+        help="SAMS seeds from CAMs and quasi-superpixels (also argmax and dense-CRF seeds)",
+        description="Seeds from a run's CAMs (task cls → coarse seeds, seg → fine seeds) by the method of "
+        "seeds.coarse / seeds.fine (sams, argmax or crf), as palette PNGs in RUN/seeds_<coarse|fine>/.",
+    )
+    _add_config_args(seeds, run_required=True)
+    _add_task_args(seeds)
+    seeds.add_argument("--cams", metavar="DIR", help="CAM folder (default: RUN/cams_<task>)")
+
     demo = sub.add_parser(
         "demo",
         help="the whole method on a generated synthetic dataset, no weights or downloads needed",
@@ -76,9 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, run_required: bool = False) -> None:
     p.add_argument("--preset", default="voc", help="voc, coco, demo, or a YAML file (default: %(default)s)")
-    p.add_argument("--run", metavar="RUN_DIR", help="use (and record into) this run folder's config.yaml")
+    p.add_argument("--run", metavar="RUN_DIR", required=run_required,
+                   help="use (and record into) this run folder's config.yaml; created with --preset if new")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=/data/VOC2012")
 
 
@@ -109,6 +129,55 @@ def _cmd_superpixels(args: argparse.Namespace) -> int:
     print(f"superpixels: {result.done}/{result.total} images of {split} in {result.folder} "
           f"({result.computed} computed now, {result.seconds:.1f} s)")
     if run is not None and result.complete:
+        run.end_stage(stage, {"images": result.total, "computed": result.computed}, result.seconds)
+    return 0
+
+
+def _add_task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=("cls", "seg"), required=True, help="classification (coarse) or segmentation (fine)")
+    p.add_argument("--split", help="dataset split (default: data.train_split)")
+    p.add_argument("--shard", metavar="i/n", help="process every n-th image starting at i (default: torchrun rank)")
+    p.add_argument("--limit", type=int, help="only the first N images of the split")
+
+
+def _cmd_cams(args: argparse.Namespace) -> int:
+    from tag2mask.config import stage_hashes
+    from tag2mask.stages.cams import run_cams
+    from tag2mask.stages.common import context_path, worker_shard
+
+    config, run = _load(args)
+    split = args.split or config.data.train_split
+    rank, world = worker_shard(args.shard)
+    stage = f"cams_{args.task}"
+    weights = Path(args.weights) if args.weights else context_path(
+        run.path, args.task, getattr(config.train, args.task).checkpoint)
+    inputs = {"split": split, "external": args.external} if args.external else {"split": split, "weights": str(weights)}
+    out = run.begin_stage(stage, stage_hashes(config)[stage], inputs=inputs)
+    result = run_cams(config, args.task, split, out, context=weights,
+                      external=Path(args.external) if args.external else None,
+                      rank=rank, world_size=world, limit=args.limit)
+    print(f"cams {args.task}: {result.done}/{result.total} labelled images of {split} in {result.folder} "
+          f"({result.computed} computed now, {result.seconds:.1f} s)")
+    if result.complete:
+        run.end_stage(stage, {"images": result.total, "computed": result.computed}, result.seconds)
+    return 0
+
+
+def _cmd_seeds(args: argparse.Namespace) -> int:
+    from tag2mask.config import stage_hashes
+    from tag2mask.stages.common import worker_shard
+    from tag2mask.stages.seeds import SEEDS_OF_TASK, run_seeds
+
+    config, run = _load(args)
+    split = args.split or config.data.train_split
+    rank, world = worker_shard(args.shard)
+    stage = f"seeds_{SEEDS_OF_TASK[args.task]}"
+    cams_dir = Path(args.cams) if args.cams else run.stage_dir(f"cams_{args.task}")
+    out = run.begin_stage(stage, stage_hashes(config)[stage], inputs={"split": split, "cams": str(cams_dir)})
+    result = run_seeds(config, args.task, split, cams_dir, out, rank=rank, world_size=world, limit=args.limit)
+    print(f"seeds {SEEDS_OF_TASK[args.task]}: {result.done}/{result.total} images of {split} in {result.folder} "
+          f"({result.computed} computed now, {result.seconds:.1f} s)")
+    if result.complete:
         run.end_stage(stage, {"images": result.total, "computed": result.computed}, result.seconds)
     return 0
 
@@ -188,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in _NOT_BUILT:
             raise NotBuiltError(f"'{args.command}' is not built yet in tag2mask {__version__} (see README, Status)")
-        handlers = {"config": _cmd_config, "info": _cmd_info, "demo": _cmd_demo, "superpixels": _cmd_superpixels}
+        handlers = {"config": _cmd_config, "info": _cmd_info, "demo": _cmd_demo, "superpixels": _cmd_superpixels,
+                    "cams": _cmd_cams, "seeds": _cmd_seeds}
         handler = handlers[args.command]
         return handler(args)
     except NotBuiltError as e:
