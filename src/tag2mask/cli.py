@@ -17,7 +17,6 @@ from tag2mask.errors import NotBuiltError, Tag2MaskError
 
 # Stages that later versions fill in: name -> (help line, what it will do).
 _NOT_BUILT = {
-    "train": "train the classification- or segmentation-task prompts (--task cls|seg)",
     "evaluate": "seed / prediction mIoU with an explicit protocol",
     "run": "the whole coarse-to-fine pipeline, resumable: tags in, fine seeds out",
     "segment": "text-to-semantic-mask on any image with a trained run",
@@ -61,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     cams.add_argument("--weights", metavar="FILE", help="prompt context (.safetensors; default: the run's trained one)")
     cams.add_argument("--external", metavar="DIR", help="import CAMs made elsewhere (<id>.npz with cam, fg_cls[, att])")
 
+    train = sub.add_parser(
+        "train",
+        help="train the classification- or segmentation-task prompts (--task cls|seg)",
+        description="Prompt training of one task in a run (SPEC §5): cls on the ground-truth image labels (MCL), "
+        "seg on the run's coarse seeds (CAL). Resumes from its last saved state; under torchrun every rank "
+        "trains on its slice of each global batch.",
+    )
+    _add_config_args(train, run_required=True)
+    train.add_argument("--task", choices=("cls", "seg"), required=True, help="classification or segmentation task")
+    train.add_argument("--seeds", metavar="DIR", help="pixel supervision for seg (default: RUN/seeds_coarse)")
+    train.add_argument("--max-iter", type=int, help="stop after this many iterations (resume later)")
+
     seeds = sub.add_parser(
         "seeds",
         help="SAMS seeds from CAMs and quasi-superpixels (also argmax and dense-CRF seeds)",
@@ -97,8 +108,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_config_args(p: argparse.ArgumentParser, run_required: bool = False) -> None:
     p.add_argument("--preset", default="voc", help="voc, coco, demo, or a YAML file (default: %(default)s)")
-    p.add_argument("--run", metavar="RUN_DIR", required=run_required,
-                   help="use (and record into) this run folder's config.yaml; created with --preset if new")
+    p.add_argument("--run", "--run-dir", dest="run", metavar="RUN_DIR", required=run_required,
+                   help="use (and record into) this run folder's config.yaml; created with --preset if new (under torchrun write --run-dir)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=/data/VOC2012")
 
 
@@ -160,6 +171,25 @@ def _cmd_cams(args: argparse.Namespace) -> int:
           f"({result.computed} computed now, {result.seconds:.1f} s)")
     if result.complete:
         run.end_stage(stage, {"images": result.total, "computed": result.computed}, result.seconds)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tag2mask.config import stage_hashes
+    from tag2mask.stages.train import run_train
+
+    config, run = _load(args)
+    stage = f"train_{args.task}"
+    h = stage_hashes(config)[stage]
+    out = run.begin_stage(stage, h, inputs={"split": config.data.train_split, "seeds": args.seeds})
+    result = run_train(config, args.task, run.path, out, h, seeds_dir=Path(args.seeds) if args.seeds else None,
+                       max_iter=args.max_iter)
+    cfg = getattr(config.train, args.task)
+    print(f"train {args.task}: iterations {result.resumed_from}..{result.iterations} of {cfg.max_iter} "
+          f"({result.seconds:.1f} s), last loss {result.last_loss:.4g}")
+    if result.iterations == cfg.max_iter:
+        print(f"prompt context: {result.final_context}")
+        run.end_stage(stage, {"iterations": cfg.max_iter}, result.seconds)
     return 0
 
 
@@ -258,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in _NOT_BUILT:
             raise NotBuiltError(f"'{args.command}' is not built yet in tag2mask {__version__} (see README, Status)")
         handlers = {"config": _cmd_config, "info": _cmd_info, "demo": _cmd_demo, "superpixels": _cmd_superpixels,
-                    "cams": _cmd_cams, "seeds": _cmd_seeds}
+                    "cams": _cmd_cams, "seeds": _cmd_seeds, "train": _cmd_train}
         handler = handlers[args.command]
         return handler(args)
     except NotBuiltError as e:

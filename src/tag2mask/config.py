@@ -125,12 +125,13 @@ class AugmentConfig:
 class TrainTaskConfig:
     """One task's prompt training (SPEC §5.1, §5.2, §4.3)."""
 
-    loss: Literal["mcl", "cal", "bce", "bce_manual", "bce_auto", "mcl_ce", "mcl_ce_manual", "mcl_ce_auto", "mcl_cal"] = (
-        "mcl"
-    )
+    loss: Literal["mcl", "bce", "bce_manual", "bce_auto", "cal", "ce", "ce_manual", "ce_auto"] = "mcl"
+    loss_scale: float = 1.0
+    loss_bias: float = -20.0
     max_iter: int = 1800
     warmup_iter: int = 500
     warmup_lr: float = 1e-5
+    warmup_mode: Literal["constant", "linear"] = "constant"
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -140,6 +141,7 @@ class TrainTaskConfig:
     seed: int = 0
     online_labels: bool = False
     checkpoint: Union[Literal["final"], int] = "final"
+    resume_every: int = 50
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

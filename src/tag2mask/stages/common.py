@@ -69,7 +69,15 @@ def progress(items: Iterable[T], total: int, desc: str, enabled: bool = True) ->
     """A tqdm bar over ``items`` (shown only when ``enabled``; tqdm writes to stderr)."""
     from tqdm import tqdm
 
-    yield from tqdm(items, total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True)
+    yield from tqdm(items, total=total, desc=desc, unit="img", disable=not enabled, **bar_options())
+
+
+def bar_options() -> dict[str, Any]:
+    """tqdm options: lively on a terminal, one line every 30 s in a log file."""
+    import sys
+
+    tty = sys.stderr.isatty()
+    return {"dynamic_ncols": True, "mininterval": 0.1 if tty else 30.0}
 
 
 # -- models of a run ----------------------------------------------------------------------------------------------

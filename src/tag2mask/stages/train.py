@@ -1,0 +1,60 @@
+"""The ``train`` stage: prompt training of one task inside a run (SPEC §5).
+
+``cls``: the classification-task prompts on the training split with ground-truth image labels (MCL).
+``seg``: the segmentation-task prompts supervised by the run's coarse seeds (CAL), online labels per the config.
+Writes ``RUN/train_<task>/`` (contexts, ``metrics.jsonl``, resume state). Under ``torchrun`` the process group is
+initialised here (NCCL on GPUs, Gloo on CPUs) and every rank trains on its slice of each global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tag2mask.config import Config
+from tag2mask.stages.common import build_prompt_learner, context_path, log, open_split, resolve_device
+from tag2mask.train.loop import TrainResult, train_prompts
+
+
+def init_distributed(device: str) -> tuple[int, int]:
+    """Initialise torch.distributed when launched by torchrun; returns ``(rank, world_size)``."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def run_train(
+    config: Config,
+    task: str,
+    run_path: Path,
+    out_dir: Path,
+    config_hash: str,
+    *,
+    seeds_dir: Path | None = None,
+    max_iter: int | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train ``task``'s prompts of the run at ``run_path`` into ``out_dir`` (resuming from its saved state)."""
+    from tag2mask.cam import GradCAMClip
+    from tag2mask.models.clip import load_clip
+
+    cfg = getattr(config.train, task)
+    device = resolve_device(config.runtime.device)
+    rank, world = init_distributed(device)
+    dataset = open_split(config, config.data.train_split)
+    clip = load_clip(config.models.clip, device=device)
+    learner = build_prompt_learner(clip, config, task, dataset.class_names).to(device)
+    model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers)
+    if task == "seg" and seeds_dir is None:
+        seeds_dir = Path(run_path) / "seeds_coarse"
+    log.info("train %s: %d images, %s loss, %d iterations, device %s, %d rank(s)", task, len(dataset), cfg.loss,
+             cfg.max_iter, device, world)
+    return train_prompts(
+        model, dataset, cfg, out_dir,
+        context_path=lambda it: context_path(run_path, task, it), config_hash=config_hash,
+        seeds_dir=seeds_dir if cfg.loss in ("cal", "ce", "ce_manual", "ce_auto") else None, device=device,
+        num_workers=config.runtime.num_workers, max_iter=max_iter, show_progress=show_progress and rank == 0,
+    )
