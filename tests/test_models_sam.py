@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,16 +41,12 @@ def _same_state(a: Sam, b: Sam) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_tiny_sam_runs_fast_in_the_predictor() -> None:
+def test_tiny_sam_runs_in_the_predictor() -> None:
     sam = tiny_sam()
     assert isinstance(sam_predictor(sam), SamPredictor) and not sam.training
-    _predict(sam)  # warm-up
-    start = time.perf_counter()
     masks, scores, logits = _predict(sam)
-    elapsed = time.perf_counter() - start
     assert masks.shape == (3, 96, 128) and masks.dtype == bool
     assert scores.shape == (3,) and logits.shape == (3, 64, 64)  # low-res masks are img_size // 4
-    assert elapsed < 1.0  # a sanity bound, not a benchmark (typically ~0.02 s)
 
 
 def test_tiny_sam_is_deterministic() -> None:

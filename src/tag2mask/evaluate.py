@@ -13,17 +13,38 @@
   background included (SPEC §9).
 
 Pure functions on arrays (numpy or torch); no file IO. Accumulate over a split with
-``cm = ConfusionMatrix(21); for pred, gt in ...: cm.update(pred, gt)``; then ``miou(cm)``.
+``cm = ConfusionMatrix(21); for pred, gt in ...: cm.update(pred, gt)``; then ``miou(cm)`` (or ``cm.miou()``).
+
+Reporting (SPEC §9, §13 items 7–9):
+
+* :class:`Protocol` records how a number was obtained — split, label source, image count, ignore handling — and
+  every hyper-parameter chosen with ground truth (``tuned_on_gt``), so that a GT-tuned number is never presented as
+  a clean one.
+* :func:`evaluation_report` → a JSON-able dict (protocol, mIoU, pixel accuracy, per-class rows, confusion matrix);
+  :func:`report_markdown` renders it as Markdown.
+* :func:`sweep_bg_power` evaluates argmax seeds for several background exponents against ground truth. Choosing
+  the best of them is tuning on ground truth: the caller must record it in ``Protocol.tuned_on_gt``.
 """
 
 from __future__ import annotations
 
-from typing import Union
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-__all__ = ["ConfusionMatrix", "confusion_matrix", "iou_per_class", "miou"]
+__all__ = [
+    "ConfusionMatrix",
+    "Protocol",
+    "confusion_matrix",
+    "evaluation_report",
+    "iou_per_class",
+    "miou",
+    "report_markdown",
+    "sweep_bg_power",
+]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -91,6 +112,49 @@ class ConfusionMatrix:
         """Predicted pixels per class (``TP + FP``)."""
         return self.matrix.sum(axis=0)
 
+    def iou(self) -> np.ndarray:
+        """``K`` float64 per-class IoU: NaN if absent from gt and prediction, 0 if only predicted (Appendix C)."""
+        return iou_per_class(self)
+
+    def miou(self) -> float:
+        """Mean IoU over the classes present in the ground truth, background included (SPEC §9); NaN if none."""
+        return miou(self)
+
+    def pixel_accuracy(self) -> float:
+        """Correct pixels / counted ground-truth pixels (prediction-ignore pixels count as wrong); NaN if none."""
+        total = int(self.condition_positive.sum())
+        if total == 0:
+            return float("nan")
+        return float(self.true_positive.sum()) / total
+
+    def per_class_table(self, class_names: Sequence[str]) -> list[dict[str, Any]]:
+        """One JSON-able row per class: ``{"id", "class", "iou", "gt_pixels", "pred_pixels", "pred_ignore_pixels",
+        "in_mean"}``.
+
+        ``iou`` is ``None`` for a class absent from both ground truth and prediction (NaN in :meth:`iou`);
+        ``gt_pixels`` counts the class's ground-truth pixels (prediction-ignore misses included),
+        ``pred_pixels`` the pixels predicted as the class (on counted ground truth), ``pred_ignore_pixels`` its
+        ground-truth pixels whose prediction was outside ``[0, K)``; ``in_mean`` says whether the class enters the
+        mIoU (present in the ground truth, SPEC §9).
+        """
+        names = list(class_names)
+        if len(names) != self.num_classes:
+            raise ValueError(f"{len(names)} class names for {self.num_classes} classes")
+        iou = self.iou()
+        cp, pp = self.condition_positive, self.predicted_positive
+        return [
+            {
+                "id": k,
+                "class": str(names[k]),
+                "iou": _json_float(iou[k]),
+                "gt_pixels": int(cp[k]),
+                "pred_pixels": int(pp[k]),
+                "pred_ignore_pixels": int(self.missed[k]),
+                "in_mean": bool(cp[k] > 0),
+            }
+            for k in range(self.num_classes)
+        ]
+
     def __repr__(self) -> str:
         return (
             f"ConfusionMatrix(num_classes={self.num_classes}, pixels={int(self.condition_positive.sum())}, "
@@ -134,3 +198,158 @@ def miou(conf: Union[ConfusionMatrix, np.ndarray]) -> float:
     if not present.any():
         return float("nan")
     return float(iou_per_class(conf)[present].mean())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reporting (SPEC §9, §13 items 7–9 and 19)
+
+
+def _json_float(x: float) -> Optional[float]:
+    """``float(x)``, or ``None`` for NaN (strict JSON has no NaN)."""
+    v = float(x)
+    return None if math.isnan(v) else v
+
+
+PRED_IGNORE_NOTE = (
+    "prediction values outside [0, num_classes) (e.g. 255 = ignore) are masked explicitly: such a pixel counts as a "
+    "miss (false negative) of its ground-truth class and as no class's false positive (SPEC §13 item 19)"
+)
+
+
+@dataclass
+class Protocol:
+    """How an evaluation was run (SPEC §9), and what was tuned on ground truth (SPEC §13 items 7–9).
+
+    Attributes:
+        split: the evaluated split, e.g. ``"VOC train_aug"``.
+        label_source: where the predictions come from, e.g. ``"SAMS seeds (VOC fine, p=0.7)"``.
+        num_images: images accumulated into the confusion matrix.
+        ignore_index: ground-truth value that is not counted (255).
+        tuned_on_gt: every choice made by looking at ground truth, one line each, e.g.
+            ``"seeds.fine.bg_power chosen among 0.3,0.4,0.5 by GT mIoU on train"``; empty = none.
+        notes: free-form extra lines.
+    """
+
+    split: str
+    label_source: str
+    num_images: int
+    ignore_index: int = 255
+    tuned_on_gt: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """A few human-readable lines: split, label source, image count, ignore handling, GT tuning."""
+        lines = [
+            f"split: {self.split}",
+            f"labels: {self.label_source}",
+            f"images: {self.num_images}",
+            f"ignore: ground-truth pixels equal to {self.ignore_index} or outside the class range are not counted; "
+            "predictions outside the class range count as misses of their ground-truth class",
+        ]
+        if self.tuned_on_gt:
+            lines.append("tuned on ground truth (not a clean held-out number):")
+            lines.extend(f"  - {item}" for item in self.tuned_on_gt)
+        else:
+            lines.append("no hyper-parameter was chosen with ground truth")
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def evaluation_report(conf: ConfusionMatrix, class_names: Sequence[str], protocol: Protocol) -> dict[str, Any]:
+    """A JSON-able evaluation report (SPEC §9): protocol, mIoU, pixel accuracy, per-class rows, confusion matrix.
+
+    Keys: ``protocol`` (the :class:`Protocol` fields plus its ``description``), ``num_classes``, ``miou``,
+    ``pixel_accuracy``, ``classes_in_gt``, ``pixels`` (counted ground-truth pixels), ``pred_ignore_pixels``,
+    ``per_class`` (:meth:`ConfusionMatrix.per_class_table`), ``confusion_matrix`` (rows = gt, columns =
+    prediction), ``missed`` (per gt class, predictions outside the class range) and ``notes`` (how the numbers
+    are computed, the prediction-ignore masking included). NaN values are written as ``None``.
+    """
+    if conf.ignore_index != protocol.ignore_index:
+        raise ValueError(
+            f"the confusion matrix ignores {conf.ignore_index} but the protocol says {protocol.ignore_index}"
+        )
+    table = conf.per_class_table(class_names)
+    proto = asdict(protocol)
+    proto["description"] = protocol.describe()
+    return {
+        "protocol": proto,
+        "num_classes": conf.num_classes,
+        "miou": _json_float(conf.miou()),
+        "pixel_accuracy": _json_float(conf.pixel_accuracy()),
+        "classes_in_gt": int((conf.condition_positive > 0).sum()),
+        "pixels": int(conf.condition_positive.sum()),
+        "pred_ignore_pixels": int(conf.missed.sum()),
+        "per_class": table,
+        "confusion_matrix": conf.matrix.tolist(),
+        "missed": conf.missed.tolist(),
+        "notes": [
+            "IoU_c = TP / (TP + FP + FN); mIoU = mean over the classes present in the ground truth, "
+            "background included (SPEC §9)",
+            PRED_IGNORE_NOTE,
+        ],
+    }
+
+
+def _pct(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{100.0 * x:.2f}"
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """Markdown rendering of :func:`evaluation_report`: protocol lines, headline numbers, per-class table."""
+    proto = report["protocol"]
+    lines = ["## Evaluation", ""]
+    for line in proto["description"].splitlines():  # "  - item" lines (GT-tuned choices) become a nested list
+        lines.append(f"  - {line.strip()[2:]}" if line.startswith("  - ") else f"- {line}")
+    lines += [
+        "",
+        f"**mIoU: {_pct(report['miou'])}** (over {report['classes_in_gt']} classes present in the ground truth)  ",
+        f"pixel accuracy: {_pct(report['pixel_accuracy'])} ({report['pixels']} pixels, "
+        f"{report['pred_ignore_pixels']} with an ignore prediction)",
+        "",
+        "| id | class | IoU (%) | GT pixels | predicted pixels | in mIoU |",
+        "|---:|---|---:|---:|---:|:---:|",
+    ]
+    for row in report["per_class"]:
+        name = str(row["class"]).replace("|", "\\|")
+        in_mean = "yes" if row["in_mean"] else "no"
+        lines.append(
+            f"| {row['id']} | {name} | {_pct(row['iou'])} | {row['gt_pixels']} | {row['pred_pixels']} | {in_mean} |"
+        )
+    notes = report.get("notes", [])
+    if notes:
+        lines += ["", "Notes:", ""]
+        lines.extend(f"- {note}" for note in notes)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def sweep_bg_power(
+    cams_iter: Iterable[tuple[Any, Any, tuple[int, int]]],
+    gts_iter: Iterable[ArrayLike],
+    powers: Sequence[float],
+    num_classes: int,
+    ignore_index: int = 255,
+) -> dict[float, float]:
+    """mIoU of plain argmax seeds for each background exponent (SPEC §9 CAM evaluation; §13 items 7–8).
+
+    ``cams_iter`` yields ``(cam P×h×w, fg_cls, (H, W))`` and ``gts_iter`` the matching ``H×W`` ground truths (same
+    order and length); both are consumed once, every power is evaluated per image
+    (:func:`tag2mask.seeding.sams.argmax_seed`). Returns ``{power: mIoU}`` in the order of ``powers``.
+
+    Picking the best power from this result is **tuning on ground truth**: record it in
+    :attr:`Protocol.tuned_on_gt`, e.g. ``"bg_power chosen among 1,2 by GT mIoU on train"``. No file IO.
+    """
+    from tag2mask.seeding.sams import argmax_seed  # lazy: evaluation itself does not need the seeding code
+
+    ps = [float(p) for p in powers]
+    if not ps:
+        raise ValueError("powers is empty")
+    if len(set(ps)) != len(ps):
+        raise ValueError(f"powers has duplicates: {ps}")
+    cms = {p: ConfusionMatrix(num_classes, ignore_index) for p in ps}
+    for (cam, fg_cls, size), gt in zip(cams_iter, gts_iter, strict=True):
+        gt_arr = gt.detach().cpu().numpy() if isinstance(gt, torch.Tensor) else np.asarray(gt)
+        if tuple(gt_arr.shape) != tuple(size):
+            raise ValueError(f"ground truth is {gt_arr.shape} but the seed size is {tuple(size)}")
+        for p in ps:
+            cms[p].update(argmax_seed(cam, fg_cls, size, p), gt_arr)
+    return {p: cms[p].miou() for p in ps}
