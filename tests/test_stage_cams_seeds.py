@@ -112,3 +112,34 @@ def test_seeds_stage(env: dict, method: str, capsys: pytest.CaptureFixture[str])
         seed = read_label_png(run / "seeds_coarse" / f"{image_id}.png")
         assert seed.shape == (48, 64)
         assert set(np.unique(seed)) <= {0, *(c + 1 for c in ds[image_id].labels)}
+
+
+def test_evaluate_stage_reports_protocol_and_sweep(env: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    run = env["run"]
+    assert main(["superpixels", "--run", str(run)]) == 0
+    assert main(["cams", "--run", str(run), "--task", "cls", "cams.save_att=true"]) == 0
+    assert main(["seeds", "--run", str(run), "--task", "cls", "cams.save_att=true"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--task", "cls", "--sweep", "cams.save_att=true"]) == 0
+    out = capsys.readouterr().out
+    assert "split: train" in out.lower() or "train" in out
+    assert "tuned on ground truth of train" in out and "mIoU" in out
+    report = json.loads((run / "evaluate" / "seeds_coarse_train.json").read_text())
+    assert report["protocol"]["num_images"] == 4 and report["num_classes"] == 6
+    assert 0.0 <= report["miou"] <= 1.0 and set(report["argmax_sweep"]["miou"]) == {"1.0", "2.0", "3.0"}
+    assert (run / "evaluate" / "seeds_coarse_train.md").read_text().startswith("#")
+
+
+def test_evaluate_a_folder_without_a_run(env: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tag2mask.viz.palette import write_label_png
+
+    ds = open_dataset("synthetic", env["root"], "train")
+    for image_id in ds.ids:  # the ground truth itself: mIoU 100
+        write_label_png(tmp_path / "pred" / f"{image_id}.png", ds.load_mask(image_id))
+    assert main(["evaluate", "--preset", "demo", f"data.root={env['root']}", "--pred", str(tmp_path / "pred")]) == 0
+    assert "mIoU 100.00 %" in capsys.readouterr().out
+    (tmp_path / "pred" / f"{ds.ids[0]}.png").unlink()
+    assert main(["evaluate", "--preset", "demo", f"data.root={env['root']}", "--pred", str(tmp_path / "pred")]) == 1
+    assert "is missing" in capsys.readouterr().err

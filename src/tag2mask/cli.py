@@ -17,7 +17,6 @@ from tag2mask.errors import NotBuiltError, Tag2MaskError
 
 # Stages that later versions fill in: name -> (help line, what it will do).
 _NOT_BUILT = {
-    "evaluate": "seed / prediction mIoU with an explicit protocol",
     "run": "the whole coarse-to-fine pipeline, resumable: tags in, fine seeds out",
     "segment": "text-to-semantic-mask on any image with a trained run",
 }
@@ -48,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", help="dataset split (default: data.train_split)")
     sp.add_argument("--shard", metavar="i/n", help="process every n-th image starting at i (default: torchrun rank)")
     sp.add_argument("--limit", type=int, help="only the first N images of the split (for a quick look)")
+    sp.add_argument("--import", dest="import_dir", metavar="DIR",
+                    help="do not run SAM: convert SAM-style annotations made by another tool, DIR/<id>.json (a list of "
+                    "SamAutomaticMaskGenerator / amg.py annotations with COCO RLE 'segmentation', optional 'level' "
+                    "0/1/2, else all are taken as whole) or amg.py's DIR/<id>/ PNG folder (see README)")
 
     cams = sub.add_parser(
         "cams",
@@ -81,6 +84,23 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(seeds, run_required=True)
     _add_task_args(seeds)
     seeds.add_argument("--cams", metavar="DIR", help="CAM folder (default: RUN/cams_<task>)")
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="seed / prediction mIoU with an explicit protocol",
+        description="mIoU of a folder of label PNGs against a split's ground truth (SPEC §9), printed with its "
+        "protocol (split, label source, image count, what was tuned on ground truth) and written as JSON and "
+        "Markdown. With --run: the run's seeds (--task cls: coarse, seg: fine).",
+    )
+    _add_config_args(ev)
+    ev.add_argument("--task", choices=("cls", "seg"), default="seg", help="which of the run's seeds (default: seg = fine)")
+    ev.add_argument("--pred", metavar="DIR", help="label PNGs to evaluate (default: the run's seeds)")
+    ev.add_argument("--split", help="dataset split (default: data.eval_split)")
+    ev.add_argument("--out", metavar="STEM", help="write STEM.json and STEM.md (default: RUN/evaluate/<name>)")
+    ev.add_argument("--sweep", action="store_true",
+                    help="also score plain argmax seeds of the run's CAMs for each evaluate.argmax_bg_powers "
+                    "(labelled as tuned on ground truth)")
+    ev.add_argument("--limit", type=int, help="only the first N images of the split")
 
     demo = sub.add_parser(
         "demo",
@@ -134,11 +154,16 @@ def _cmd_superpixels(args: argparse.Namespace) -> int:
     split = args.split or config.data.train_split
     rank, world = worker_shard(args.shard)
     stage = f"superpixels_{split}"
+    folder = superpixels_dir(config, split, args.import_dir)
     if run is not None:
-        run.begin_stage(stage, stage_hashes(config)["superpixels"], inputs={"split": split, "folder": str(superpixels_dir(config, split))})
-    result = run_superpixels(config, split, rank=rank, world_size=world, limit=args.limit)
+        inputs = {"split": split, "folder": str(folder)}
+        if args.import_dir:
+            inputs["import"] = str(Path(args.import_dir).expanduser().resolve())
+        run.begin_stage(stage, stage_hashes(config)["superpixels"], inputs=inputs)
+    result = run_superpixels(config, split, rank=rank, world_size=world, limit=args.limit, import_dir=args.import_dir)
     print(f"superpixels: {result.done}/{result.total} images of {split} in {result.folder} "
-          f"({result.computed} computed now, {result.seconds:.1f} s)")
+          f"({result.computed} {'imported' if args.import_dir else 'computed'} now, {result.seconds:.1f} s"
+          + (f", {result.skipped} skipped: no annotations" if result.skipped else "") + ")")
     if run is not None and result.complete:
         run.end_stage(stage, {"images": result.total, "computed": result.computed}, result.seconds)
     return 0
@@ -210,6 +235,68 @@ def _cmd_seeds(args: argparse.Namespace) -> int:
     if result.complete:
         run.end_stage(stage, {"images": result.total, "computed": result.computed}, result.seconds)
     return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from tag2mask.stages.evaluate import miou_percent, run_evaluate, write_report
+    from tag2mask.stages.seeds import SEEDS_OF_TASK
+
+    config, run = _load(args)
+    split = args.split or config.data.eval_split
+    if args.pred:
+        pred, name = Path(args.pred), Path(args.pred).name
+    elif run is not None:
+        name = f"seeds_{SEEDS_OF_TASK[args.task]}"
+        pred = run.stage_dir(name)
+    else:
+        raise Tag2MaskError("give --pred DIR (label PNGs) or --run RUN_DIR (its seeds)")
+    report = run_evaluate(config, pred, split, limit=args.limit)
+    if args.sweep:
+        if run is None:
+            raise Tag2MaskError("--sweep scores the run's CAMs: give --run RUN_DIR")
+        report["argmax_sweep"] = _argmax_sweep(config, run.stage_dir(f"cams_{args.task}"), split, args.limit)
+    if args.out:
+        stem = Path(args.out)
+    elif run is not None:
+        stem = run.path / "evaluate" / f"{name}_{split}"
+    else:
+        stem = pred.parent / f"{name}_{split}_eval"
+    json_path, md_path = write_report(report, stem)
+    print(report["protocol"]["description"])
+    print(f"mIoU {miou_percent(report):.2f} %  ({name} vs ground truth of {split})")
+    if "argmax_sweep" in report:
+        sweep = report["argmax_sweep"]
+        cells = ", ".join(f"p={p}: {100 * v:.2f}" for p, v in sweep["miou"].items())
+        print(f"argmax seeds, bg = (1 - max)^p, tuned on ground truth of {split}: {cells}")
+    print(f"report: {json_path} and {md_path}")
+    return 0
+
+
+def _argmax_sweep(config, cams_dir: Path, split: str, limit: int | None) -> dict:  # noqa: ANN001
+    import numpy as np
+
+    from tag2mask.evaluate import sweep_bg_power
+    from tag2mask.stages.cams import load_cam_file
+    from tag2mask.stages.common import open_split
+
+    dataset = open_split(config, split)
+    ids = dataset.ids[:limit] if limit else dataset.ids
+
+    def cams():
+        for image_id in ids:
+            path = cams_dir / f"{image_id}.npz"
+            if path.is_file():
+                z = load_cam_file(path)
+                yield z["cam"], z["fg_cls"], tuple(int(v) for v in z["size"])
+            else:  # no positive label: an empty CAM gives an all-background seed
+                gt = dataset.load_mask(image_id)
+                yield np.zeros((0, 1, 1), np.float32), np.zeros(0, np.int64), gt.shape
+
+    powers = list(config.evaluate.argmax_bg_powers)
+    gts = (dataset.load_mask(i) for i in ids)
+    result = sweep_bg_power(cams(), gts, powers, dataset.num_classes + 1, config.evaluate.ignore_index)
+    return {"tuned_on_ground_truth": f"bg exponent p searched among {powers} by GT mIoU on {split}",
+            "miou": {str(p): v for p, v in result.items()}}
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -288,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in _NOT_BUILT:
             raise NotBuiltError(f"'{args.command}' is not built yet in tag2mask {__version__} (see README, Status)")
         handlers = {"config": _cmd_config, "info": _cmd_info, "demo": _cmd_demo, "superpixels": _cmd_superpixels,
-                    "cams": _cmd_cams, "seeds": _cmd_seeds, "train": _cmd_train}
+                    "cams": _cmd_cams, "seeds": _cmd_seeds, "train": _cmd_train, "evaluate": _cmd_evaluate}
         handler = handlers[args.command]
         return handler(args)
     except NotBuiltError as e:
