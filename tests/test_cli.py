@@ -37,7 +37,7 @@ def test_help_lists_every_subcommand_without_importing_torch() -> None:
     assert "HEAVY []" in out
 
 
-@pytest.mark.parametrize("stage", ["run", "segment"])
+@pytest.mark.parametrize("stage", ["segment"])
 def test_stage_not_built_is_one_line_and_exit_2(stage: str) -> None:
     r = _run(stage, "--preset", "voc", "x=1")
     assert r.returncode == 2

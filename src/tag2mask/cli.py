@@ -17,7 +17,6 @@ from tag2mask.errors import NotBuiltError, Tag2MaskError
 
 # Stages that later versions fill in: name -> (help line, what it will do).
 _NOT_BUILT = {
-    "run": "the whole coarse-to-fine pipeline, resumable: tags in, fine seeds out",
     "segment": "text-to-semantic-mask on any image with a trained run",
 }
 
@@ -101,6 +100,20 @@ def _parser() -> argparse.ArgumentParser:
                     help="also score plain argmax seeds of the run's CAMs for each evaluate.argmax_bg_powers "
                     "(labelled as tuned on ground truth)")
     ev.add_argument("--limit", type=int, help="only the first N images of the split")
+
+    run = sub.add_parser(
+        "run",
+        help="the whole coarse-to-fine pipeline, resumable: tags in, fine seeds out",
+        description="quasi-superpixels → cls-task training → CAMs + CAA → coarse seeds → seg-task training → "
+        "CAMs + CAA → fine seeds → evaluation (SPEC §0). Finished stages are skipped; a killed run resumes. "
+        "Under torchrun, per-image stages shard over the ranks and training is data-parallel.",
+    )
+    run.add_argument("--preset", default="voc", help="voc, coco, demo, or a YAML file (default: %(default)s)")
+    run.add_argument("--run", "--run-dir", dest="run", metavar="RUN_DIR",
+                     help="run folder (default: runs/<preset>); an existing run resumes with its config")
+    run.add_argument("--data", metavar="DIR", help="dataset root (same as data.root=DIR)")
+    run.add_argument("--limit", type=int, help="only the first N images (a quick look; not a real run)")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     demo = sub.add_parser(
         "demo",
@@ -299,6 +312,23 @@ def _argmax_sweep(config, cams_dir: Path, split: str, limit: int | None) -> dict
             "miou": {str(p): v for p, v in result.items()}}
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tag2mask.config import load_config
+    from tag2mask.stages.pipeline import run_pipeline
+    from tag2mask.stages.rundir import RunDir
+
+    overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else [])
+    run_dir = Path(args.run or Path("runs") / Path(str(args.preset)).stem)
+    if (run_dir / RunDir.CONFIG).is_file():
+        config = load_config(run_dir / RunDir.CONFIG, overrides)
+    else:
+        config = load_config(args.preset, overrides)
+    result = run_pipeline(config, run_dir, limit=args.limit)
+    total = sum(result.seconds.values())
+    print(f"tag2mask run: finished in {total:.1f} s; fine seeds in {run_dir / 'seeds_fine'}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from tag2mask import config as cfgmod
 
@@ -375,7 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in _NOT_BUILT:
             raise NotBuiltError(f"'{args.command}' is not built yet in tag2mask {__version__} (see README, Status)")
         handlers = {"config": _cmd_config, "info": _cmd_info, "demo": _cmd_demo, "superpixels": _cmd_superpixels,
-                    "cams": _cmd_cams, "seeds": _cmd_seeds, "train": _cmd_train, "evaluate": _cmd_evaluate}
+                    "cams": _cmd_cams, "seeds": _cmd_seeds, "train": _cmd_train, "evaluate": _cmd_evaluate,
+                    "run": _cmd_run}
         handler = handlers[args.command]
         return handler(args)
     except NotBuiltError as e:

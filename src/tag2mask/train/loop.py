@@ -286,7 +286,8 @@ def train_prompts(
                 dist.all_reduce(w)
                 share = weight / float(w) if float(w) > 0 else 1.0 / world
             scaled = loss * (share / cfg.sub_iter)
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            if scaled.requires_grad:  # a sub-batch without any positive pair has nothing to learn from
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
             total += float(loss.detach()) * share / cfg.sub_iter
             for k, v in parts.items():
                 logs[k] = logs.get(k, 0.0) + v / cfg.sub_iter

@@ -1,0 +1,180 @@
+"""``tag2mask run``: the whole coarse-to-fine pipeline in one run folder (SPEC §0).
+
+quasi-superpixels → classification-task training → CAMs + CAA → coarse seeds → segmentation-task training →
+CAMs + CAA → fine seeds → evaluation (when the split has ground truth).
+
+Each stage is skipped when the manifest says it finished under the same config hash; a stage that was interrupted
+resumes where it stopped (per image, or from the training resume state). Under ``torchrun`` every per-image stage
+shards its images over the ranks and prompt training runs data-parallel; rank 0 keeps the books.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tag2mask.config import Config, stage_hashes
+from tag2mask.errors import Tag2MaskError
+from tag2mask.io import write_json
+from tag2mask.stages.common import context_path, log, open_split, resolve_device
+from tag2mask.stages.rundir import RunDir
+
+STEPS = ("superpixels", "train_cls", "cams_cls", "seeds_coarse", "train_seg", "cams_seg", "seeds_fine", "evaluate")
+
+
+@dataclass
+class PipelineResult:
+    run: Path
+    seconds: dict[str, float] = field(default_factory=dict)  # this call's time per stage (0 when skipped)
+    skipped: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def run_pipeline(
+    config: Config,
+    run_dir: Path,
+    *,
+    say: Callable[[str], None] = print,
+    show_progress: bool = True,
+    limit: int | None = None,
+) -> PipelineResult:
+    """Run (or resume) every stage of the pipeline in ``run_dir``; returns per-stage times and the metrics."""
+    from tag2mask.stages.cams import run_cams
+    from tag2mask.stages.seeds import run_seeds
+    from tag2mask.stages.superpixels import run_superpixels, superpixels_dir
+    from tag2mask.stages.train import init_distributed, run_train
+
+    device = resolve_device(config.runtime.device)
+    rank, world = init_distributed(device) if int(os.environ.get("WORLD_SIZE", 1)) > 1 else (0, 1)
+    lead = rank == 0
+    run = RunDir.create(run_dir, config) if lead else RunDir(run_dir)
+    _barrier()
+    hashes = stage_hashes(config)
+    split = config.data.train_split
+    result = PipelineResult(run.path)
+    out = say if lead else (lambda _msg: None)
+
+    def step(number: int, name: str, inputs: dict[str, Any], work: Callable[[Path], tuple[dict[str, int], bool]]) -> None:
+        label = f"[{number}/{len(STEPS)}] {name}"
+        if run.is_done(name, hashes[name]):
+            out(f"{label}: done earlier, skipped")
+            result.skipped.append(name)
+            result.seconds[name] = 0.0
+            return
+        folder = run.begin_stage(name, hashes[name], inputs) if lead else run.stage_dir(name)
+        _barrier()
+        t0 = time.perf_counter()
+        counts, complete = work(folder)
+        _barrier()
+        seconds = time.perf_counter() - t0
+        result.seconds[name] = seconds
+        if not complete:
+            raise Tag2MaskError(f"{name} did not finish ({counts}); run the same command again to resume")
+        if lead:
+            run.end_stage(name, counts, seconds)
+        out(f"{label}: {', '.join(f'{k} {v}' for k, v in counts.items())} ({seconds:.1f} s)")
+
+    common = {"rank": rank, "world_size": world, "limit": limit, "show_progress": show_progress and lead}
+
+    def superpixels(_folder: Path) -> tuple[dict[str, int], bool]:
+        r = run_superpixels(config, split, **common)
+        return {"images": r.total, "computed": r.computed}, r.complete
+
+    def train(task: str) -> Callable[[Path], tuple[dict[str, int], bool]]:
+        def work(folder: Path) -> tuple[dict[str, int], bool]:
+            r = run_train(config, task, run.path, folder, hashes[f"train_{task}"], show_progress=show_progress and lead)
+            return {"iterations": r.iterations}, r.iterations == getattr(config.train, task).max_iter
+
+        return work
+
+    def cams(task: str) -> Callable[[Path], tuple[dict[str, int], bool]]:
+        def work(folder: Path) -> tuple[dict[str, int], bool]:
+            ctx = context_path(run.path, task, getattr(config.train, task).checkpoint)
+            r = run_cams(config, task, split, folder, context=ctx, **common)
+            return {"images": r.total, "computed": r.computed}, r.complete
+
+        return work
+
+    def seeds(task: str) -> Callable[[Path], tuple[dict[str, int], bool]]:
+        def work(folder: Path) -> tuple[dict[str, int], bool]:
+            r = run_seeds(config, task, split, run.stage_dir(f"cams_{task}"), folder, **common)
+            return {"images": r.total, "computed": r.computed}, r.complete
+
+        return work
+
+    out(f"tag2mask run: {run.path} (preset {config.preset}, {config.data.dataset} {split}, device {device}, "
+        f"{world} worker(s))")
+    step(1, "superpixels", {"split": split, "folder": str(superpixels_dir(config, split))}, superpixels)
+    step(2, "train_cls", {"split": split}, train("cls"))
+    step(3, "cams_cls", {"split": split}, cams("cls"))
+    step(4, "seeds_coarse", {"split": split}, seeds("cls"))
+    step(5, "train_seg", {"split": split, "seeds": str(run.stage_dir("seeds_coarse"))}, train("seg"))
+    step(6, "cams_seg", {"split": split}, cams("seg"))
+    step(7, "seeds_fine", {"split": split}, seeds("seg"))
+    if lead:
+        result.metrics = evaluate_run(config, run, limit=limit, say=out)
+    _barrier()
+    return result
+
+
+def evaluate_run(config: Config, run: RunDir, *, limit: int | None = None, say: Callable[[str], None] = print) -> dict:
+    """Seed mIoU of the run's argmax, coarse and fine seeds against the ground truth (when there is one).
+
+    Writes ``RUN/metrics.json`` and ``RUN/evaluate/*.json|md``. The argmax seeds are scored for every
+    ``evaluate.argmax_bg_powers`` and the best is reported, labelled as tuned on ground truth.
+    """
+    from tag2mask.evaluate import sweep_bg_power
+    from tag2mask.stages.cams import load_cam_file
+    from tag2mask.stages.evaluate import all_background_miou, miou_percent, run_evaluate, write_report
+
+    split = config.data.eval_split
+    label = f"[{len(STEPS)}/{len(STEPS)}] evaluate"
+    dataset = open_split(config, split)
+    if not dataset.has_masks:
+        say(f"{label}: split {split} has no ground truth, nothing to evaluate")
+        return {}
+    if split != config.data.train_split:
+        say(f"{label}: seeds are made for {config.data.train_split}; evaluating them needs eval_split == train_split")
+        return {}
+    ids = dataset.ids[:limit] if limit else dataset.ids
+    metrics: dict[str, Any] = {"split": split, "images": len(ids), "all_background": all_background_miou(config, split, limit)}
+    for name in ("seeds_coarse", "seeds_fine"):
+        report = run_evaluate(config, run.stage_dir(name), split, limit=limit, show_progress=False)
+        write_report(report, run.path / "evaluate" / f"{name}_{split}")
+        metrics[name] = miou_percent(report)
+        metrics.setdefault("protocol", report["protocol"]["description"])
+    powers = list(config.evaluate.argmax_bg_powers)
+    for task in ("cls", "seg"):
+        def cams(task: str = task):
+            import numpy as np
+
+            for image_id in ids:
+                path = run.stage_dir(f"cams_{task}") / f"{image_id}.npz"
+                if path.is_file():
+                    z = load_cam_file(path)
+                    yield z["cam"], z["fg_cls"], tuple(int(v) for v in z["size"])
+                else:
+                    yield np.zeros((0, 1, 1), np.float32), np.zeros(0, np.int64), dataset.load_mask(image_id).shape
+
+        sweep = sweep_bg_power(cams(), (dataset.load_mask(i) for i in ids), powers, dataset.num_classes + 1,
+                               config.evaluate.ignore_index)
+        best = max(sweep, key=lambda p: sweep[p])
+        metrics[f"argmax_{task}"] = {"miou": 100.0 * sweep[best], "bg_power": best,
+                                     "tuned_on_ground_truth": f"p chosen among {powers} by GT mIoU on {split}",
+                                     "sweep": {str(p): 100.0 * v for p, v in sweep.items()}}
+    write_json(run.path / "metrics.json", metrics)
+    say(f"{label}: seed mIoU on {split} ({len(ids)} images): fine {metrics['seeds_fine']:.1f}, "
+        f"coarse {metrics['seeds_coarse']:.1f}, argmax (seg CAMs, best p={metrics['argmax_seg']['bg_power']:g}, "
+        f"tuned on GT) {metrics['argmax_seg']['miou']:.1f}, all background {metrics['all_background']:.1f}")
+    return metrics
