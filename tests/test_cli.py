@@ -11,7 +11,8 @@ import yaml
 from tag2mask.cli import main
 from tag2mask.config import config_from_dict, load_config
 
-SUBCOMMANDS = ["superpixels", "cams", "train", "seeds", "evaluate", "run", "demo", "segment", "info", "config"]
+SUBCOMMANDS = ["superpixels", "cams", "train", "seeds", "evaluate", "run", "demo", "segment", "info", "config",
+               "train-seg", "predict", "refine"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -37,7 +38,7 @@ def test_help_lists_every_subcommand_without_importing_torch() -> None:
     assert "HEAVY []" in out
 
 
-@pytest.mark.parametrize("stage", ["segment"])
+@pytest.mark.parametrize("stage", ["train-seg", "predict", "refine"])
 def test_stage_not_built_is_one_line_and_exit_2(stage: str) -> None:
     r = _run(stage, "--preset", "voc", "x=1")
     assert r.returncode == 2

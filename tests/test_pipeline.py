@@ -31,11 +31,40 @@ def overrides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return out
 
 
-def test_run_makes_every_stage_then_skips_and_resumes(overrides: list[str], tmp_path: Path,
+@pytest.fixture(scope="module")
+def finished(overrides: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    import contextlib
+    import io
+
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["run", "--preset", "demo", "--run-dir", str(run_dir), *overrides]) == 0
+    return run_dir, buf.getvalue()
+
+
+def test_segment_any_image_with_a_finished_run(finished: tuple[Path, str], overrides: list[str], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    from tag2mask.viz.palette import read_label_png
+
+    run_dir, _ = finished
+    image = sorted((Path(overrides[0].split("=", 1)[1]) / "images").glob("*.png"))[0]
+    assert main(["segment", str(image), "--classes", "circle, Square", "--run", str(run_dir),
+                 "--out", str(tmp_path)]) == 0
+    assert "circle" in capsys.readouterr().out
+    mask = read_label_png(tmp_path / f"{image.stem}.png")
+    assert mask.shape == (48, 64) and set(np.unique(mask)) <= {0, 1, 2}  # circle = 1, square = 2
+    assert (tmp_path / f"{image.stem}_overlay.png").is_file()
+    assert main(["segment", str(image), "--classes", "circle,dog", "--run", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "'dog' not among the 5 classes this run was trained for: circle, square, triangle, ring, cross" in err
+
+
+def test_run_makes_every_stage_then_skips_and_resumes(finished: tuple[Path, str],
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    run_dir = tmp_path / "run"
-    assert main(["run", "--preset", "demo", "--run-dir", str(run_dir), *overrides]) == 0
-    out = capsys.readouterr().out
+    run_dir, out = finished
     for i, name in enumerate(["superpixels", "train_cls", "cams_cls", "seeds_coarse", "train_seg", "cams_seg",
                               "seeds_fine", "evaluate"], start=1):
         assert f"[{i}/8] {name}" in out

@@ -16,8 +16,10 @@ from tag2mask import __version__
 from tag2mask.errors import NotBuiltError, Tag2MaskError
 
 # Stages that later versions fill in: name -> (help line, what it will do).
-_NOT_BUILT = {
-    "segment": "text-to-semantic-mask on any image with a trained run",
+_NOT_BUILT: dict[str, str] = {
+    "train-seg": "stage II: train a segmentation network (DeepLabV3+, Mask2Former) on the fine seeds",
+    "predict": "stage II: per-image class probabilities of a trained segmentation network",
+    "refine": "stage II: refine any network's probabilities with SAMS or dense CRF",
 }
 
 
@@ -114,6 +116,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data", metavar="DIR", help="dataset root (same as data.root=DIR)")
     run.add_argument("--limit", type=int, help="only the first N images (a quick look; not a real run)")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+    seg = sub.add_parser(
+        "segment",
+        help="text-to-semantic-mask on any image with a trained run",
+        description="Segment the named classes in any image with a finished run (App. D): segmentation-task CAMs "
+        "for those classes, CAA, quasi-superpixels of the image, SAMS. Writes a palette PNG and an overlay.",
+    )
+    seg.add_argument("image", help="an image file (jpg, png, ...)")
+    seg.add_argument("--classes", required=True, help='comma-separated class names of the run, e.g. "dog,person"')
+    seg.add_argument("--run", "--run-dir", dest="run", required=True, metavar="RUN_DIR", help="a finished run")
+    seg.add_argument("--out", default="segment-out", help="output folder (default: %(default)s)")
+    seg.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. runtime.device=cpu)")
 
     demo = sub.add_parser(
         "demo",
@@ -329,6 +343,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from tag2mask.config import load_config
+    from tag2mask.stages.rundir import RunDir
+    from tag2mask.stages.segment import segment_image
+
+    run = RunDir.open(args.run)
+    config = load_config(run.path / RunDir.CONFIG, args.overrides)
+    result = segment_image(config, run.path, Path(args.image), args.classes, Path(args.out))
+    found = ", ".join(f"{name} {n} px" for name, n in result.pixels.items())
+    print(f"segment: {found}; mask {result.mask_path}, overlay {result.overlay_path}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     from tag2mask import config as cfgmod
 
@@ -406,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise NotBuiltError(f"'{args.command}' is not built yet in tag2mask {__version__} (see README, Status)")
         handlers = {"config": _cmd_config, "info": _cmd_info, "demo": _cmd_demo, "superpixels": _cmd_superpixels,
                     "cams": _cmd_cams, "seeds": _cmd_seeds, "train": _cmd_train, "evaluate": _cmd_evaluate,
-                    "run": _cmd_run}
+                    "run": _cmd_run, "segment": _cmd_segment}
         handler = handlers[args.command]
         return handler(args)
     except NotBuiltError as e:
