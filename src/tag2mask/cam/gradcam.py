@@ -98,7 +98,8 @@ class GradCAMClip(nn.Module):
         if fg_labels.shape != (images.shape[0], self.num_fg):
             raise ValueError(f"fg_labels must be {images.shape[0]}×{self.num_fg}, got {tuple(fg_labels.shape)}")
         with torch.enable_grad():
-            vision = vit_forward(self.clip.visual, images, need_attention=need_attention)
+            with torch.set_grad_enabled(compute_cam):  # without CAMs the frozen image side needs no graph
+                vision = vit_forward(self.clip.visual, images, need_attention=need_attention)
             image_features = F.normalize(vision.embedding, dim=-1)
             text_features = F.normalize(self.text_features(), dim=-1)
             logits = self.clip.logit_scale.exp() * image_features @ text_features.t()
