@@ -1,13 +1,27 @@
-"""Benchmark the hierarchy filter (SPEC §7.3 step 9) on SAM-size inputs, one CPU thread.
+"""Benchmark the quasi-superpixel generator and the hierarchy filter (SPEC §7), one CPU thread.
 
-Times (a) a naive baseline written here — a Python double loop over candidate and container masks computing
-``(m & k).sum() / m.sum()`` on full masks, stopping at the first container mask that reaches the threshold — and
-(b) ``tag2mask.superpixels.hierarchy_filter`` on the same synthetic masks (ellipses: whole masks, parts and
-subparts, many parts/subparts placed inside larger masks), checks both keep the same indices in the same order,
-and prints absolute times, the ratio baseline/ours, the machine and the date. Also times the atom decomposition
-with its H×W label map (``compute_atoms``, done once per image by ``Superpixels.from_masks``).
+1. Generator: ``QuasiSuperpixelGenerator`` (default preset ``l2_nmsf_s1_rsw3``: per-level offsets, small-region
+   step, hierarchy filter, ``Superpixels`` with atoms) against stock segment_anything ``SamAutomaticMaskGenerator``
+   on the same images, the same tiny random SAM (``tag2mask.models.tiny.tiny_sam``) and the same point grid and
+   crops (``points_per_side``, 1 crop layer, downscale 2, overlap 512/1500, NMS 0.7, min region area 100, stock's
+   default ``points_per_batch`` 64). A random SAM predicts random IoUs, so both run with ``pred_iou_thresh=0`` and
+   ``stability_score_thresh=0``; box NMS then leaves a similar, small number of masks in both. Images are timed
+   interleaved (ours, stock, ours, …) after a warm-up; prints ms per image, masks kept and the ratio ours/stock
+   (goal ≤ 1.2). ``--no-generators`` skips this part.
+2. Hierarchy filter on SAM-size inputs: (a) a naive baseline written here — a Python double loop over candidate and
+   container masks computing ``(m & k).sum() / m.sum()`` on full masks, stopping at the first container mask that
+   reaches the threshold — and (b) ``tag2mask.superpixels.hierarchy_filter`` on the same synthetic masks (ellipses:
+   whole masks, parts and subparts, many parts/subparts placed inside larger masks); checks both keep the same
+   indices in the same order and prints absolute times and the ratio baseline/ours. Also times the atom
+   decomposition with its H×W label map (``compute_atoms``, done once per image by ``Superpixels.from_masks``).
 
-Usage: ``python benchmarks/superpixels.py [--h 768 --w 1024 --masks 300 --repeats 5]``
+Prints the machine and the date.
+
+``--upstream-helpers`` also times ours with upstream's ``mask_to_rle_pytorch`` and ``MaskData.cat`` in place of
+the generator's linear-time versions (the cost they remove).
+
+Usage: ``python benchmarks/superpixels.py [--images 3 --img-h 192 --img-w 256 --points 16 --gen-repeats 2]
+[--upstream-helpers] [--h 768 --w 1024 --masks 300 --repeats 5]``
 """
 
 from __future__ import annotations
@@ -106,17 +120,107 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--thresh", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=3, help="generator: number of images")
+    parser.add_argument("--img-h", type=int, default=192, help="generator: image height")
+    parser.add_argument("--img-w", type=int, default=256, help="generator: image width")
+    parser.add_argument("--points", type=int, default=16, help="generator: points_per_side (SPEC: 32)")
+    parser.add_argument("--gen-repeats", type=int, default=2, help="generator: timed passes over the images")
+    parser.add_argument("--no-generators", action="store_true", help="only the hierarchy-filter benchmark")
+    parser.add_argument("--upstream-helpers", action="store_true",
+                        help="generator: also time ours with upstream's quadratic RLE encoder and MaskData.cat")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
-    print(f"hierarchy filter benchmark  {datetime.datetime.now().isoformat(timespec='seconds')}")
+    print(f"superpixels benchmark  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"machine: {cpu_name()} ({os.cpu_count()} logical CPUs), {platform.system()} {platform.release()}")
     print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, 1 thread")
+    if not args.no_generators:
+        bench_generators(args)
     ok = True
+    print("\n--- hierarchy filter ---")
     for name, size in (("sparse", 1.0), ("dense", 3.0)):
         ok &= run_case(name, size, args)
     if not ok:
         raise SystemExit("MISMATCH between the naive loop and hierarchy_filter")
+
+
+def bench_generators(args: argparse.Namespace) -> None:
+    """Ours vs stock SamAutomaticMaskGenerator on a tiny random SAM (see the module docstring)."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from tag2mask.models.sam import sam_predictor
+    from tag2mask.models.tiny import tiny_sam
+    from tag2mask.superpixels import QuasiSuperpixelGenerator
+
+    sam = tiny_sam(seed=0)
+    rng = np.random.default_rng(args.seed)
+    images = [rng.integers(0, 256, (args.img_h, args.img_w, 3), dtype=np.uint8) for _ in range(args.images)]
+    shared = {
+        "points_per_side": args.points,
+        "points_per_batch": 64,
+        "crop_n_layers": 1,
+        "crop_n_points_downscale_factor": 2,
+        "crop_overlap_ratio": 512 / 1500,
+        "crop_nms_thresh": 0.7,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+        "stability_score_offset": 1.0,
+        "box_nms_thresh": 0.7,
+        "min_mask_region_area": 100,
+    }
+    ours = QuasiSuperpixelGenerator(sam_predictor(sam), "l2_nmsf_s1_rsw3", **shared)
+    stock = SamAutomaticMaskGenerator(sam, **shared)  # output_mode "binary_mask" (its default)
+    runners: dict[str, Callable[[np.ndarray], int]] = {
+        "ours (QuasiSuperpixelGenerator)": lambda im: len(ours.generate(im)),
+        "stock (SamAutomaticMaskGenerator)": lambda im: len(stock.generate(im)),
+    }
+    if args.upstream_helpers:
+        runners["ours with upstream RLE + MaskData.cat"] = lambda im: len(with_upstream_helpers(ours, im))
+    n_prompts = args.points**2 + 4 * (args.points // 2) ** 2
+    print(f"\n[generator] {len(images)} random {args.img_w}x{args.img_h} images, tiny random SAM "
+          f"(img_size {sam.image_encoder.img_size}), {args.points} points per side + 1 crop layer "
+          f"({n_prompts} prompts, {3 * n_prompts} candidate masks per image), points_per_batch 64, "
+          f"pred_iou_thresh 0, stability_score_thresh 0, min region area 100; ours: offsets (+0.1, +1.0 on whole) "
+          f"and hierarchy filter 0.3")
+    for run in runners.values():  # warm-up
+        run(images[0])
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    kept: dict[str, list[int]] = {name: [] for name in runners}
+    for rep in range(args.gen_repeats):
+        for im in images:
+            for name, run in runners.items():
+                t0 = time.perf_counter()
+                n = run(im)
+                times[name].append(time.perf_counter() - t0)
+                if rep == 0:
+                    kept[name].append(n)
+    ms = {}
+    for name in runners:
+        ms[name] = 1e3 * statistics.median(times[name])
+        print(f"  {name:<36}: {ms[name]:9.1f} ms per image (median of {len(times[name])}), masks kept {kept[name]}")
+    ratio = ms["ours (QuasiSuperpixelGenerator)"] / ms["stock (SamAutomaticMaskGenerator)"]
+    print(f"  {'ratio ours / stock':<36}: {ratio:9.2f}x  (goal <= 1.2)")
+
+
+def with_upstream_helpers(generator: object, image: np.ndarray) -> object:
+    """``generator.generate(image)`` with upstream's ``mask_to_rle_pytorch`` and successive ``MaskData.cat`` in
+    place of the generator module's linear-time ``mask_to_rle`` and ``_concat`` (what it ran before them)."""
+    from segment_anything.utils.amg import MaskData, mask_to_rle_pytorch
+
+    from tag2mask.superpixels import generator as module
+
+    def cat_all(parts: list) -> MaskData:
+        data = MaskData()
+        for part in parts:
+            data.cat(part)
+        return data
+
+    saved = module.mask_to_rle, module._concat
+    module.mask_to_rle, module._concat = mask_to_rle_pytorch, cat_all
+    try:
+        return generator.generate(image)  # type: ignore[attr-defined]
+    finally:
+        module.mask_to_rle, module._concat = saved
 
 
 def run_case(name: str, size: float, args: argparse.Namespace) -> bool:

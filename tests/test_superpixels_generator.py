@@ -197,3 +197,149 @@ def test_no_mask_survives(case: dict) -> None:
 def test_image_must_be_rgb_uint8(case: dict) -> None:
     with pytest.raises(ValueError):
         QuasiSuperpixelGenerator(_fake(case)).generate(case["image"].astype(np.float32))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hand-scripted cases: which masks survive the per-level offsets, and in which order (SPEC §7.2, §7.3 steps 3-9)
+# ----------------------------------------------------------------------------------------------------------------
+
+N = 64  # a 64×64 image; points_per_side=1 prompts (32, 32), points_per_side=2 prompts (16|48, 16|48)
+
+
+def _scripted(regions: dict[int, list[tuple[slice, slice, float]]]) -> FakePredictor:
+    """A fake SAM whose level-``l`` mask for a prompt is the region of ``regions[l]`` containing the prompt (the
+    first that does), with that region's predicted IoU; elsewhere the "rest of the image" with IoU 0 (always
+    dropped). Logits are ±2 without noise, so every stability score is exactly 1."""
+    labels = np.zeros((3, N, N), np.int64)
+    iou_base = np.zeros((3, 8), np.float32)
+    for level, items in regions.items():
+        for r, (rows, cols, iou) in reversed(list(enumerate(items, start=1))):
+            labels[level, rows, cols] = r
+            iou_base[level, r] = iou
+    zeros = np.zeros((3, N, N))
+    return FakePredictor({"labels": labels, "noise_q": zeros, "iou_base": iou_base, "iou_jit": zeros})
+
+
+def _box(rows: slice, cols: slice) -> np.ndarray:
+    m = np.zeros((N, N), bool)
+    m[rows, cols] = True
+    return m
+
+
+S = np.s_  # S[8:56] is slice(8, 56)
+ONE_POINT = {"points_per_side": 1, "crop_n_layers": 0, **FAST}
+FOUR_POINTS = {"points_per_side": 2, "crop_n_layers": 0, "min_mask_region_area": 0, **FAST}
+
+
+def test_whole_threshold_offset_decides_survival() -> None:
+    """A whole mask at IoU 0.80 passes pred_iou_thresh 0.86 only with its +0.1 offset (effective 0.76)."""
+    fake = {
+        2: [(S[8:56], S[8:56], 0.80)],  # whole
+        1: [(S[24:40], S[24:40], 0.95)],  # part inside it
+        0: [(S[26:38], S[26:38], 0.93)],  # subpart inside both
+    }
+    image = coord_image(N, N)
+    sp = QuasiSuperpixelGenerator(_scripted(fake), **ONE_POINT).generate(image)
+    assert sp.levels.tolist() == [2]  # the part and subpart lie inside it: hierarchy filter
+    np.testing.assert_array_equal(sp.masks[0], _box(S[8:56], S[8:56]))
+    np.testing.assert_array_equal(sp.predicted_iou, np.float32([0.80]))  # stored without the offset
+    assert sp.stability_score.tolist() == [1.0] and sp.point_coords.tolist() == [[32.0, 32.0]]
+
+    no_offset = {"score_thresh_offset": [0.0, 0.0, 0.0]}
+    sp = QuasiSuperpixelGenerator(_scripted(fake), **ONE_POINT, **no_offset).generate(image)
+    assert sp.levels.tolist() == [1]  # whole gone; the part is the container, the subpart inside it
+    np.testing.assert_array_equal(sp.masks[0], _box(S[24:40], S[24:40]))
+
+    # the test is strict and in float32: 0.76 + 0.1 is float32(0.86), not > 0.86 -> dropped; 0.77 passes
+    for iou, kept in ((0.76, False), (0.77, True)):
+        sp = QuasiSuperpixelGenerator(_scripted({**fake, 2: [(S[8:56], S[8:56], iou)]}), **ONE_POINT).generate(image)
+        assert (2 in sp.levels.tolist()) == kept, iou
+
+    # without the hierarchy filter and the small-region step, both survivors come out in NMS score order
+    sp = QuasiSuperpixelGenerator(
+        _scripted(fake), **ONE_POINT, **no_offset, hierarchy_recall_thresh=None, min_mask_region_area=0
+    ).generate(image)
+    assert sp.levels.tolist() == [1, 0]
+    np.testing.assert_array_equal(sp.predicted_iou, np.float32([0.95, 0.93]))
+
+
+def test_nms_offset_keeps_the_whole_mask_over_a_better_scored_part() -> None:
+    """Whole (IoU 0.80) and part (IoU 0.95) overlap with box IoU 0.83 > 0.7: box NMS keeps one of them. With
+    the +1.0 NMS offset the whole wins (1.80 > 0.95); without it the part does."""
+    fake = {
+        2: [(S[8:56], S[8:56], 0.80)],
+        1: [(S[8:56], S[8:48], 0.95)],
+        0: [],  # the subpart is the rest of the image with IoU 0: dropped
+    }
+    image = coord_image(N, N)
+    sp = QuasiSuperpixelGenerator(_scripted(fake), **ONE_POINT, hierarchy_recall_thresh=None).generate(image)
+    assert sp.levels.tolist() == [2]
+    np.testing.assert_array_equal(sp.masks[0], _box(S[8:56], S[8:56]))
+
+    sp = QuasiSuperpixelGenerator(
+        _scripted(fake), **ONE_POINT, hierarchy_recall_thresh=None, score_nms_offset=[0.0, 0.0, 0.0]
+    ).generate(image)
+    assert sp.levels.tolist() == [1]
+    np.testing.assert_array_equal(sp.masks[0], _box(S[8:56], S[8:48]))
+
+    # the official pattern has neither offset: the whole fails the threshold anyway
+    sp = QuasiSuperpixelGenerator(_scripted(fake), "official_default", **ONE_POINT).generate(image)
+    assert sp.levels.tolist() == [1]
+
+
+def test_four_prompts_survivors_and_order() -> None:
+    """Whole/part/subpart masks from four prompts: which survive the thresholds, NMS and the hierarchy filter,
+    and the output order (wholes, then accepted parts, then accepted subparts, each in NMS-score order)."""
+    tl, tr, bl = (S[0:32], S[0:32]), (S[0:32], S[32:64]), (S[32:64], S[0:32])
+    fake = {
+        2: [(*tl, 0.80)],  # prompt (16, 16): the top-left quadrant
+        1: [
+            (S[4:28], S[4:28], 0.95),  # prompt (16, 16): a part inside the whole
+            (*tr, 0.90),  # prompt (48, 16): the top-right quadrant
+        ],
+        0: [
+            (S[8:24], S[40:56], 0.99),  # prompt (48, 16): inside the top-right part
+            (*bl, 0.87),  # prompt (16, 48): the bottom-left quadrant
+            (S[40:56], S[40:56], 0.88),  # prompt (48, 48)
+        ],
+    }
+    image = coord_image(N, N)
+    expected = [_box(*tl), _box(*tr), _box(S[40:56], S[40:56]), _box(*bl)]
+    sp = QuasiSuperpixelGenerator(_scripted(fake), **FOUR_POINTS).generate(image)
+    assert sp.levels.tolist() == [2, 1, 0, 0]
+    np.testing.assert_array_equal(sp.masks, np.stack(expected))
+    np.testing.assert_array_equal(sp.predicted_iou, np.float32([0.80, 0.90, 0.88, 0.87]))
+    np.testing.assert_array_equal(sp.point_coords, [[16, 16], [48, 16], [48, 48], [16, 48]])
+
+    # without the whole-level offset the whole is gone; both parts are the container now, in score order
+    sp = QuasiSuperpixelGenerator(_scripted(fake), **FOUR_POINTS, score_thresh_offset=[0, 0, 0]).generate(image)
+    assert sp.levels.tolist() == [1, 1, 0, 0]
+    np.testing.assert_array_equal(sp.predicted_iou, np.float32([0.95, 0.90, 0.88, 0.87]))
+
+    # a stability bias on level 0 (stability 1.0 - 0.1 < 0.92) drops every subpart
+    sp = QuasiSuperpixelGenerator(_scripted(fake), **FOUR_POINTS, stability_score_bias=[-0.1, 0, 0]).generate(image)
+    assert sp.levels.tolist() == [2, 1]
+
+
+def test_generated_superpixels_survive_a_save_load_round_trip(generated: tuple, tmp_path: Path) -> None:
+    _, _, sp = generated
+    sp.save(tmp_path / "amg_02")
+    back = Superpixels.load(tmp_path / "amg_02")
+    assert back.rle_counts == sp.rle_counts and (back.preset, back.config_hash) == (sp.preset, sp.config_hash)
+    for name in ("levels", "predicted_iou", "stability_score", "area", "bbox", "point_coords", "crop_box", "atoms",
+                 "atom_membership", "atom_area"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(sp, name), err_msg=name)
+
+
+def test_fast_rle_equals_upstream() -> None:
+    """generator.mask_to_rle is upstream mask_to_rle_pytorch, element for element (the results depend on it)."""
+    from segment_anything.utils.amg import mask_to_rle_pytorch
+
+    from tag2mask.superpixels.generator import mask_to_rle
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(0, 5, 6), (1, 1, 1), (3, 1, 7), (40, 31, 23)]:
+        m = torch.rand(shape, generator=g) < 0.5
+        if shape[0] >= 2:
+            m[0], m[1] = True, False  # a mask that starts with a 1 run, and an empty one
+        assert mask_to_rle(m) == mask_to_rle_pytorch(m), shape

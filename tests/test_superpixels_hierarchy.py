@@ -143,3 +143,65 @@ def test_atoms_describe_the_cover_of_every_pixel() -> None:
         assert len(np.unique(atoms.membership, axis=0)) == len(atoms.area)  # one atom per distinct cover
         if not masks.any(axis=0).all():
             assert not atoms.membership[0].any()  # the uncovered pixels are atom 0
+
+
+def _rect(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_nested_boxes() -> None:
+    """Russian dolls: whole ⊃ part ⊃ subpart, and a second part/subpart pair outside the whole."""
+    h, w = 40, 60
+    m = np.stack(
+        [
+            _rect(h, w, 0, 30, 0, 30),  # 0 whole
+            _rect(h, w, 5, 25, 5, 25),  # 1 part inside the whole -> dropped
+            _rect(h, w, 10, 20, 10, 20),  # 2 subpart inside both -> dropped
+            _rect(h, w, 0, 30, 35, 60),  # 3 part outside the whole -> kept
+            _rect(h, w, 10, 20, 40, 50),  # 4 subpart inside the kept part -> dropped
+            _rect(h, w, 10, 20, 12, 20),  # 5 subpart inside the dropped part 1, but also inside the whole -> dropped
+            _rect(h, w, 32, 40, 0, 60),  # 6 subpart below everything -> kept
+        ]
+    )
+    levels = [2, 1, 0, 1, 0, 0, 0]
+    np.testing.assert_array_equal(hierarchy_filter(m, levels), [0, 3, 6])
+    # without the whole, the part inside it becomes a container member and shadows its subparts
+    np.testing.assert_array_equal(hierarchy_filter(m[1:], levels[1:]), [0, 2, 5])
+
+
+def test_exact_duplicates_within_and_across_levels() -> None:
+    h, w = 20, 30
+    a, b = _rect(h, w, 0, 10, 0, 10), _rect(h, w, 10, 20, 15, 30)
+    # within a level nothing is compared: duplicates all stay (wholes and, with nothing above, parts too)
+    np.testing.assert_array_equal(hierarchy_filter(np.stack([a, a, b]), [2, 2, 2]), [0, 1, 2])
+    np.testing.assert_array_equal(hierarchy_filter(np.stack([a, a]), [1, 1]), [0, 1])
+    # across levels a duplicate has recall 1 and goes (a part and a subpart copying the whole); duplicate parts
+    # that nothing shadows both stay
+    np.testing.assert_array_equal(hierarchy_filter(np.stack([a, a, a, b, b]), [2, 1, 0, 1, 1]), [0, 3, 4])
+    np.testing.assert_array_equal(hierarchy_filter(np.stack([b, a, b]), [1, 0, 0]), [0, 1])  # subpart copy of a part
+
+
+def test_no_whole_level_mask() -> None:
+    h, w = 20, 30
+    m = np.stack([_rect(h, w, 0, 10, 0, 10), _rect(h, w, 2, 8, 2, 8), _rect(h, w, 0, 20, 20, 30)])
+    np.testing.assert_array_equal(hierarchy_filter(m, [1, 0, 0]), [0, 2])  # parts are the container
+    np.testing.assert_array_equal(hierarchy_filter(m, [0, 0, 0]), [0, 1, 2])  # subparts only: all kept
+
+
+def test_touching_but_not_overlapping_masks_are_kept() -> None:
+    h, w = 20, 30
+    whole = _rect(h, w, 0, 20, 0, 10)
+    right = _rect(h, w, 0, 20, 10, 20)  # shares the edge x = 10 with the whole, no common pixel
+    below = _rect(h, w, 10, 20, 20, 30)
+    corner = _rect(h, w, 0, 10, 20, 30)  # touches `below` along y = 10 and `right` along x = 20
+    m = np.stack([whole, right, below, corner])
+    np.testing.assert_array_equal(hierarchy_filter(m, [2, 1, 0, 0]), [0, 1, 2, 3])
+    # a diagonal neighbour (touching at a corner only) as well
+    diag = _rect(h, w, 0, 10, 0, 10), _rect(h, w, 10, 20, 10, 20)
+    np.testing.assert_array_equal(hierarchy_filter(np.stack(diag), [2, 0]), [0, 1])
+    # by contrast a one-column overlap counts: recall 10/100 = 0.1 < 0.3 keeps it, at recall_thresh 0.1 it goes
+    one = _rect(h, w, 0, 10, 9, 19)  # overlaps the whole in column 9 only: 10 of its 100 pixels
+    np.testing.assert_array_equal(hierarchy_filter(np.stack([whole, one]), [2, 1]), [0, 1])
+    np.testing.assert_array_equal(hierarchy_filter(np.stack([whole, one]), [2, 1], 0.1), [0])

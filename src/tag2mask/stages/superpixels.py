@@ -5,6 +5,14 @@ the dataset root, the split, the SAM model and every generator parameter, so run
 masks (App. B: computed once, reused). Each image gives ``<id>.npz`` + ``<id>.json`` (see
 :class:`tag2mask.superpixels.Superpixels`); the JSON is written last, so an image counts as done when it exists.
 Interrupted runs resume where they stopped; workers split the images by ``--shard i/n`` or torchrun's ranks.
+
+With ``import_dir`` (``tag2mask superpixels --import DIR``) no SAM runs: each image's SAM-style annotations made
+by another tool (``DIR/<id>.json``, or the ``DIR/<id>/`` PNG folder of segment_anything's ``scripts/amg.py``; format
+in :mod:`tag2mask.superpixels.io`) are converted into the same cache layout, in a folder whose hash covers the
+dataset, the split and the import folder instead of the SAM model and generator settings. Annotations without a
+``level`` are taken as level 2 (whole). An image without annotations is a DataError naming the expected file, or,
+with ``data.on_error=skip``, counted, logged and skipped; a mask whose size differs from its image's is always a
+DataError.
 """
 
 from __future__ import annotations
@@ -14,26 +22,50 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tag2mask.config import Config, config_hash
-from tag2mask.errors import NotBuiltError
+from tag2mask.errors import DataError, NotBuiltError
 from tag2mask.io import write_json
 from tag2mask.stages.common import cache_dir, log, open_split, progress, resolve_device
 from tag2mask.stages.rundir import pending, shard
 
 
 def generator_params(config: Config) -> dict[str, object]:
-    """The generator parameters of ``config.superpixels`` (every key but ``source`` and ``preset``)."""
+    """The generator parameters of ``config.superpixels``: for SAM every key but ``source`` and ``preset``; for a
+    CPU source (``slic`` / ``felzenszwalb``) the CPU generator's resolved parameters (its method, defaults and
+    ``hierarchy_recall_thresh``; :func:`tag2mask.superpixels.cpu.cpu_params`), none of the SAM keys."""
+    if config.superpixels.source != "sam":
+        from tag2mask.superpixels.cpu import cpu_params
+
+        return cpu_params(config.superpixels.source, recall_thresh=config.superpixels.hierarchy_recall_thresh)
     from tag2mask.superpixels.presets import PARAM_NAMES
 
     return {name: getattr(config.superpixels, name) for name in PARAM_NAMES}
 
 
-def superpixels_key(config: Config, split: str) -> str:
-    """The hash that names a split's superpixel folder."""
+def import_source(config: Config, import_dir: str | Path | None = None) -> Path | None:
+    """The folder of SAM-style annotations to import, resolved: ``import_dir`` if given, else the config's
+    ``superpixels.import_dir`` when the config has such a key and it is set; None means: run SAM."""
+    chosen = import_dir if import_dir is not None else getattr(config.superpixels, "import_dir", None)
+    if chosen in (None, ""):
+        return None
+    return Path(chosen).expanduser().resolve()
+
+
+def superpixels_key(config: Config, split: str, import_dir: str | Path | None = None) -> str:
+    """The hash that names a split's superpixel folder (see :func:`import_source` for ``import_dir``)."""
+    root = str(Path(config.data.root).expanduser().resolve())
+    source = import_source(config, import_dir)
+    if source is not None:  # imported masks depend on the folder, not on SAM or the generator settings
+        return config_hash({"dataset": config.data.dataset, "root": root, "split": split, "import": str(source)})
     sp = config.superpixels
+    if sp.source != "sam":  # CPU sources: the method and its parameters, not SAM
+        return config_hash(
+            {"dataset": config.data.dataset, "root": root, "split": split, "source": sp.source,
+             "params": generator_params(config)}
+        )
     return config_hash(
         {
             "dataset": config.data.dataset,
-            "root": str(Path(config.data.root).expanduser().resolve()),
+            "root": root,
             "split": split,
             "source": sp.source,
             "sam_type": config.models.sam_type,
@@ -43,9 +75,11 @@ def superpixels_key(config: Config, split: str) -> str:
     )
 
 
-def superpixels_dir(config: Config, split: str) -> Path:
-    """Where the quasi-superpixels of ``split`` under ``config`` are (or will be) cached."""
-    return cache_dir(config) / "superpixels" / f"{config.data.dataset}-{split}-{superpixels_key(config, split)}"
+def superpixels_dir(config: Config, split: str, import_dir: str | Path | None = None) -> Path:
+    """Where the quasi-superpixels of ``split`` under ``config`` (imported from ``import_dir`` when given) are,
+    or will be, cached."""
+    key = superpixels_key(config, split, import_dir)
+    return cache_dir(config) / "superpixels" / f"{config.data.dataset}-{split}-{key}"
 
 
 def superpixel_path(folder: Path, image_id: str) -> Path:
@@ -58,18 +92,25 @@ class SuperpixelsResult:
     folder: Path
     done: int  # images with superpixels in the folder (all workers)
     total: int
-    computed: int  # computed by this call
+    computed: int  # computed (or imported) by this call
     seconds: float
+    skipped: int = 0  # imports only: this worker's images without annotations, skipped (data.on_error=skip)
 
     @property
     def complete(self) -> bool:
         return self.done == self.total
 
 
-def build_generator(config: Config, device: str):  # -> QuasiSuperpixelGenerator
-    """The quasi-superpixel generator of ``config`` on ``device`` (loads SAM)."""
-    if config.superpixels.source != "sam":
-        raise NotBuiltError(f"superpixels.source={config.superpixels.source!r} is not built yet; use 'sam'")
+def build_generator(config: Config, device: str):  # -> QuasiSuperpixelGenerator | CpuSuperpixelGenerator
+    """The quasi-superpixel generator of ``config`` on ``device``: SAM's (loads SAM) for ``source: sam``, the
+    CPU generator for ``slic`` / ``felzenszwalb`` (scikit-image, no SAM, ``device`` unused)."""
+    source = config.superpixels.source
+    if source in ("slic", "felzenszwalb"):
+        from tag2mask.superpixels.cpu import CpuSuperpixelGenerator
+
+        return CpuSuperpixelGenerator(source, recall_thresh=config.superpixels.hierarchy_recall_thresh)
+    if source != "sam":
+        raise NotBuiltError(f"superpixels.source={source!r} is not built; use sam, slic or felzenszwalb")
     from tag2mask.models.sam import load_sam, sam_predictor
     from tag2mask.superpixels import QuasiSuperpixelGenerator
 
@@ -86,31 +127,43 @@ def run_superpixels(
     world_size: int = 1,
     limit: int | None = None,
     show_progress: bool = True,
+    import_dir: str | Path | None = None,
 ) -> SuperpixelsResult:
-    """Compute the missing quasi-superpixels of ``split`` (this worker's share) and return where they are."""
+    """Compute the missing quasi-superpixels of ``split`` (this worker's share) and return where they are.
+
+    With ``import_dir`` (or the config's ``superpixels.import_dir``), convert the SAM-style annotations found there
+    instead of running SAM (see the module docstring and :mod:`tag2mask.superpixels.io`).
+    """
     dataset = open_split(config, split)
     ids = dataset.ids[:limit] if limit else dataset.ids
-    folder = superpixels_dir(config, split)
+    source = import_source(config, import_dir)
+    folder = superpixels_dir(config, split, source)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(
-        folder / "superpixels.json",
-        {
-            "dataset": config.data.dataset,
-            "root": str(Path(config.data.root).expanduser().resolve()),
-            "split": split,
-            "source": config.superpixels.source,
-            "preset": config.superpixels.preset,
-            "models": {"sam_type": config.models.sam_type, "sam": config.models.sam},
-            "params": generator_params(config),
-        },
-    )
+    about: dict[str, object] = {
+        "dataset": config.data.dataset,
+        "root": str(Path(config.data.root).expanduser().resolve()),
+        "split": split,
+    }
+    if source is None:
+        about.update(
+            {
+                "source": config.superpixels.source,
+                "preset": config.superpixels.preset,
+                "models": {"sam_type": config.models.sam_type, "sam": config.models.sam},
+                "params": generator_params(config),
+            }
+        )
+    else:
+        about.update({"source": "import", "import": str(source)})
+    write_json(folder / "superpixels.json", about)
 
     def done_marker(image_id: str) -> Path:
         return Path(str(superpixel_path(folder, image_id)) + ".json")
 
     todo = list(pending(shard(ids, rank, world_size), done_marker))
     t0 = time.perf_counter()
-    if todo:
+    skipped = 0
+    if todo and source is None:
         generator = build_generator(config, resolve_device(config.runtime.device))
         log.info("superpixels: %d of %d images to compute in %s", len(todo), len(ids), folder)
         for image_id in progress(todo, len(todo), f"superpixels {split}", show_progress and rank == 0):
@@ -118,5 +171,58 @@ def run_superpixels(
             stem = superpixel_path(folder, image_id)
             stem.parent.mkdir(parents=True, exist_ok=True)
             result.save(stem)
+    elif todo:
+        key = superpixels_key(config, split, source)
+        todo, skipped = _import_all(config, dataset, todo, source, folder, key, split, show_progress and rank == 0)
     done = sum(done_marker(i).exists() for i in ids)
-    return SuperpixelsResult(folder, done, len(ids), len(todo), time.perf_counter() - t0)
+    return SuperpixelsResult(folder, done, len(ids), len(todo), time.perf_counter() - t0, skipped)
+
+
+def _import_all(
+    config: Config,
+    dataset,  # SegDataset
+    todo: list[str],
+    source: Path,
+    folder: Path,
+    key: str,
+    split: str,
+    show_progress: bool,
+) -> tuple[list[str], int]:
+    """Convert the annotations of ``todo`` from ``source`` into ``folder``; returns (imported ids, skipped)."""
+    from tag2mask.data.base import image_size
+    from tag2mask.superpixels.io import (
+        annotations_have_levels,
+        find_sam_annotations,
+        read_sam_annotations,
+        superpixels_from_sam_annotations,
+    )
+
+    if not source.is_dir():
+        raise DataError(f"--import {source}: no such folder")
+    found = {image_id: find_sam_annotations(source, image_id) for image_id in todo}
+    missing = [image_id for image_id, path in found.items() if path is None]
+    if missing:
+        what = f"{source / (missing[0] + '.json')} (or the amg.py folder {source / missing[0]}/ with metadata.csv)"
+        if config.data.on_error != "skip":
+            raise DataError(
+                f"no SAM annotations for image {missing[0]!r} of {split}: expected {what}; {len(missing)} of "
+                f"{len(todo)} images lack them (data.on_error=skip skips them)"
+            )
+        log.warning("superpixels import: %d of %d images have no annotations in %s, skipped (data.on_error=skip); "
+                    "first: %s", len(missing), len(todo), source, what)
+    todo = [image_id for image_id in todo if found[image_id] is not None]
+    log.info("superpixels: importing %d images from %s into %s", len(todo), source, folder)
+    without_levels = 0
+    for image_id in progress(todo, len(todo), f"superpixels import {split}", show_progress):
+        path = found[image_id]
+        w, h = image_size(dataset[image_id].image_path)
+        anns = read_sam_annotations(path)
+        without_levels += bool(anns) and not annotations_have_levels(anns)
+        sp = superpixels_from_sam_annotations(anns, (h, w), where=path, preset="import", config_hash=key)
+        stem = superpixel_path(folder, image_id)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        sp.save(stem)
+    if without_levels:
+        log.info("superpixels import: %d of %d images have no 'level' in their annotations; their masks are all "
+                 "taken as level 2 (whole)", without_levels, len(todo))
+    return todo, len(missing)

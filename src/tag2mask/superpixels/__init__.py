@@ -1,4 +1,5 @@
-"""SAM quasi-superpixels (SPEC §7): the generator, the hierarchy filter and the per-image container.
+"""SAM quasi-superpixels (SPEC §7): the generator, the hierarchy filter, the per-image container, and the import
+of SAM-style annotations made by other tools (:mod:`tag2mask.superpixels.io`).
 
 Names are re-exported lazily, so ``tag2mask.superpixels.presets`` (read by the config layer) imports no torch.
 """
@@ -12,12 +13,16 @@ _EXPORTS = {
     "Atoms": "atoms",
     "compute_atoms": "atoms",
     "Superpixels": "container",
+    "CpuSuperpixelGenerator": "cpu",
     "QuasiSuperpixelGenerator": "generator",
     "hierarchy_filter": "hierarchy",
     "DEFAULT_PRESET": "presets",
     "PARAM_NAMES": "presets",
     "PRESETS": "presets",
     "resolve_params": "presets",
+    "find_sam_annotations": "io",
+    "read_sam_annotations": "io",
+    "superpixels_from_sam_annotations": "io",
 }
 
 __all__ = sorted(_EXPORTS)

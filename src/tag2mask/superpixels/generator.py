@@ -15,6 +15,12 @@ Offsets are added in the predicted IoU's own dtype (float32), as the reference d
 generator is *given* a predictor with segment_anything's ``SamPredictor`` interface (``set_image``,
 ``reset_image``, ``transform.apply_coords``, ``predict_torch``, ``model.mask_threshold``, ``device``), so any
 SAM variant, or a scripted fake in tests, can drive it.
+
+Two upstream helpers are replaced by equivalents with identical output (the tests compare bit-exactly): the RLE
+encoder (:func:`mask_to_rle`; upstream ``mask_to_rle_pytorch`` is quadratic in the batch size) and the per-crop
+concatenation of batches (:func:`_concat`; upstream ``MaskData.cat`` deep-copies every accumulated RLE). On a CPU
+they made the generator about 3× faster than stock ``SamAutomaticMaskGenerator`` on the same grid
+(``benchmarks/superpixels.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ from segment_anything.utils.amg import (
     build_all_layer_point_grids,
     calculate_stability_score,
     is_box_near_crop_edge,
-    mask_to_rle_pytorch,
     rle_to_mask,
     uncrop_boxes_xyxy,
     uncrop_masks,
@@ -157,9 +162,12 @@ class QuasiSuperpixelGenerator(SamAutomaticMaskGenerator):
         points_scale = np.array(cropped_im_size)[None, ::-1]
         points_for_image = self.point_grids[crop_layer_idx] * points_scale
 
-        data = MaskData()
-        for (points,) in batch_iterator(self.points_per_batch, points_for_image):
-            data.cat(self._process_batch(points, cropped_im_size, crop_box, orig_size))
+        data = _concat(
+            [
+                self._process_batch(points, cropped_im_size, crop_box, orig_size)
+                for (points,) in batch_iterator(self.points_per_batch, points_for_image)
+            ]
+        )
         self.predictor.reset_image()
 
         keep_by_nms = batched_nms(
@@ -228,9 +236,51 @@ class QuasiSuperpixelGenerator(SamAutomaticMaskGenerator):
             data.filter(keep_mask)
 
         data["masks"] = uncrop_masks(data["masks"], crop_box, orig_h, orig_w)
-        data["rles"] = mask_to_rle_pytorch(data["masks"])
+        data["rles"] = mask_to_rle(data["masks"])
         del data["masks"]
         return data
+
+
+def mask_to_rle(masks: torch.Tensor) -> list[dict[str, Any]]:
+    """B×H×W bool -> SAM's uncompressed RLEs (column-major, counts start with a run of zeros), element for
+    element what upstream ``mask_to_rle_pytorch`` returns, in linear time.
+
+    Upstream picks each mask's change points out of the whole batch's with a boolean mask per mask, which is
+    quadratic in the batch size (the dominant cost of a CPU run, and one sync per mask on a GPU); here the change
+    points (row-major, as ``nonzero`` returns them) are moved to the host once and split per mask.
+    """
+    b, h, w = masks.shape
+    flat = masks.permute(0, 2, 1).flatten(1)
+    change = (flat[:, 1:] ^ flat[:, :-1]).nonzero().cpu().numpy()
+    starts_with_one = flat[:, 0].cpu().numpy() != 0
+    bounds = np.searchsorted(change[:, 0], np.arange(b + 1))
+    ends = change[:, 1] + 1  # end (exclusive) of every run but each mask's last
+    n = h * w
+    out = []
+    for i in range(b):
+        cuts = np.concatenate(([0], ends[bounds[i] : bounds[i + 1]], [n]))
+        counts = [0] if starts_with_one[i] else []
+        counts.extend(np.diff(cuts).tolist())
+        out.append({"size": [h, w], "counts": counts})
+    return out
+
+
+def _concat(parts: list[MaskData]) -> MaskData:
+    """The batches of one crop as one ``MaskData``: what successive upstream ``MaskData.cat`` calls give, without
+    their deep copies of every accumulated RLE (quadratic in the number of batches). The parts are fresh and
+    owned here, so nothing needs copying."""
+    out = MaskData()
+    if not parts:
+        return out
+    for key, first in parts[0].items():
+        values = [p[key] for p in parts]
+        if isinstance(first, torch.Tensor):
+            out[key] = torch.cat(values, dim=0)
+        elif isinstance(first, np.ndarray):
+            out[key] = np.concatenate(values, axis=0)
+        else:
+            out[key] = [item for v in values for item in v]
+    return out
 
 
 def _decode(rles: list[dict[str, Any]]) -> np.ndarray:
