@@ -129,6 +129,11 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", default="segment-out", help="output folder (default: %(default)s)")
     seg.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. runtime.device=cpu)")
 
+    rep = sub.add_parser("report", help="write a run's self-contained HTML report (seed quality, efficiency, figures)")
+    rep.add_argument("run", metavar="RUN_DIR")
+    rep.add_argument("--out", help="HTML file (default: RUN/report.html)")
+    rep.add_argument("--images", type=int, default=4, help="images with figures (default: %(default)s)")
+
     demo = sub.add_parser(
         "demo",
         help="the whole method on a generated synthetic dataset, no weights or downloads needed",
@@ -339,7 +344,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config = load_config(args.preset, overrides)
     result = run_pipeline(config, run_dir, limit=args.limit)
     total = sum(result.seconds.values())
-    print(f"tag2mask run: finished in {total:.1f} s; fine seeds in {run_dir / 'seeds_fine'}")
+    from tag2mask.viz.report import write_report
+
+    report = write_report(run_dir)
+    print(f"tag2mask run: finished in {total:.1f} s; fine seeds in {run_dir / 'seeds_fine'}; report {report}")
     return 0
 
 
@@ -353,6 +361,14 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     result = segment_image(config, run.path, Path(args.image), args.classes, Path(args.out))
     found = ", ".join(f"{name} {n} px" for name, n in result.pixels.items())
     print(f"segment: {found}; mask {result.mask_path}, overlay {result.overlay_path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tag2mask.viz.report import write_report
+
+    path = write_report(Path(args.run), Path(args.out) if args.out else None, n_images=args.images)
+    print(f"report: {path}")
     return 0
 
 
@@ -429,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise NotBuiltError(f"'{args.command}' is not built yet in tag2mask {__version__} (see README, Status)")
         handlers = {"config": _cmd_config, "info": _cmd_info, "demo": _cmd_demo, "superpixels": _cmd_superpixels,
                     "cams": _cmd_cams, "seeds": _cmd_seeds, "train": _cmd_train, "evaluate": _cmd_evaluate,
-                    "run": _cmd_run, "segment": _cmd_segment}
+                    "run": _cmd_run, "segment": _cmd_segment, "report": _cmd_report}
         handler = handlers[args.command]
         return handler(args)
     except NotBuiltError as e:

@@ -1,0 +1,860 @@
+"""The HTML run report: one static, self-contained page per run folder (``RUN/report.html``).
+
+:func:`write_report` reads what ``tag2mask run`` left in a run folder (see :mod:`tag2mask.stages.pipeline`) and
+writes one HTML file that opens offline: inline CSS, images as base64 PNG data URIs, training curves as inline
+SVG, no JavaScript and no external resource. Sections:
+
+1. header — run folder, preset, dataset, split, image count, models (CLIP; SAM model or CPU superpixel method),
+   dates, package versions, stage status;
+2. seed quality — mIoU of all-background, argmax seeds of the cls and seg CAMs (best background exponent, labelled
+   *tuned on ground truth*), coarse and fine SAMS seeds, the fine seeds' margins in points, the evaluation
+   protocol and the per-class IoU of the seeds;
+3. efficiency — time per stage from the manifest (quasi-superpixel generation listed apart, as the paper excludes
+   it), totals, learnable parameters per task (count, MB at fp32 and fp16) — like App. Table S1;
+4. figures for ``n_images`` images (the first ones with at least one tag) — like App. Figures S1–S4: the image and
+   its tags, the ground truth, cls-task vs seg-task CAMs per positive class, the quasi-superpixels coloured by
+   level, the SAMS score map of the top class, the coarse and fine seeds, and the dense-CRF seed when
+   ``pydensecrf`` is installed;
+5. training curves — loss per iteration of both prompt trainings.
+
+Every piece is optional: a stage that has not run, a split without ground truth or a missing superpixel folder
+gives a short "not available: …" line instead of an error, so the report also describes partial runs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+import json
+import math
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tag2mask.io import read_json, write_text
+from tag2mask.viz import figures as fig
+
+__all__ = ["DEFAULT_NAME", "build_report", "learnable_parameters", "load_superpixel_arrays", "loss_svg", "write_report"]
+
+DEFAULT_NAME = "report.html"
+MAX_WIDTH = 256  # figure images are downscaled to at most this width (px)
+TASKS = ("cls", "seg")
+SEEDS_OF_TASK = {"cls": "seeds_coarse", "seg": "seeds_fine"}
+#: The method's stages in pipeline order (quasi-superpixels are reported apart), with a short description.
+METHOD_STAGES: tuple[tuple[str, str], ...] = (
+    ("train_cls", "prompt training, classification task"),
+    ("cams_cls", "CAMs + CAA, classification task"),
+    ("seeds_coarse", "SAMS coarse seeds"),
+    ("train_seg", "prompt training, segmentation task"),
+    ("cams_seg", "CAMs + CAA, segmentation task"),
+    ("seeds_fine", "SAMS fine seeds"),
+)
+SUPERPIXEL_STAGE = ("superpixels", "quasi-superpixel generation (computed once, cached, shared by runs)")
+CRF_MISSING = "dense CRF not installed (pip install -e '.[crf]')"
+MAX_CURVE_POINTS = 400
+PHOTO_COLOURS = 256  # figure panels with more colours are quantized to this many (lossy, ~3x smaller page)
+LABEL_ALPHA = 0.7  # opacity of label colours (ground truth, seeds) over the image
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; font-size: 14px; line-height: 1.4; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em;
+margin-top: 1.8em; } h3 { margin: 1.2em 0 0.4em; }
+table { border-collapse: collapse; margin: 0.5em 0; } th, td { border: 1px solid #ddd; padding: 3px 8px; }
+th { background: #f3f3f3; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.total td { font-weight: bold; background: #fafafa; } tr.best td { background: #eef7ee; }
+table.kv td:first-child { width: 11em; font-weight: bold; background: #f3f3f3; }
+pre { background: #f7f7f7; padding: 0.6em; border: 1px solid #e4e4e4; white-space: pre-wrap; }
+.na { color: #a33; font-style: italic; } .note { color: #555; font-size: 0.92em; }
+.row { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; margin-bottom: 6px; }
+figure { margin: 0; max-width: 260px; } figure img { display: block; border: 1px solid #ccc;
+image-rendering: pixelated; } figcaption { font-size: 0.85em; color: #333; margin-top: 2px; }
+figure.missing { width: 200px; min-height: 60px; border: 1px dashed #ccc; padding: 6px; }
+.sw { display: inline-block; width: 0.9em; height: 0.9em; border: 1px solid #888; vertical-align: middle;
+margin-right: 2px; }
+.imgblock { border-top: 1px solid #eee; padding-top: 0.6em; margin-top: 1em; }
+svg text { font-size: 10px; fill: #444; }
+"""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the run folder
+
+
+@dataclass
+class _Run:
+    """What the report reads from a run folder; every field may be missing (``None`` / empty)."""
+
+    path: Path
+    config: Any = None  # tag2mask.config.Config
+    config_error: str = ""
+    manifest: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] | None = None
+
+    @property
+    def stages(self) -> dict[str, Any]:
+        return self.manifest.get("stages", {}) or {}
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        rec = self.stages.get(name)
+        return rec if isinstance(rec, dict) else None
+
+    def superpixels_folder(self) -> Path | None:
+        """The cache folder of the split's quasi-superpixels: the manifest's, else the config's default."""
+        rec = self.stage("superpixels")
+        folder = (rec or {}).get("inputs", {}).get("folder")
+        if folder:
+            return Path(folder)
+        if self.config is not None:
+            try:
+                from tag2mask.stages.superpixels import superpixels_dir
+
+                default = superpixels_dir(self.config, self.config.data.train_split)
+                return default if default.is_dir() else None
+            except Exception:  # noqa: BLE001 - a report never fails on a missing piece
+                return None
+        return None
+
+
+def _read_run(path: Path) -> _Run:
+    from tag2mask.config import load_config
+
+    run = _Run(path)
+    config_path = path / "config.yaml"
+    if config_path.is_file():
+        try:
+            run.config = load_config(config_path)
+            root = Path(run.config.data.root).expanduser()
+            if not root.is_absolute() and not root.exists() and (path / root).exists():
+                run.config.data.root = str(path / root)  # demo runs keep their dataset inside the run folder
+        except Exception as e:  # noqa: BLE001
+            run.config_error = f"config.yaml could not be read ({e.__class__.__name__}: {e})"
+    else:
+        run.config_error = "config.yaml not found"
+    if (path / "manifest.json").is_file():
+        try:
+            run.manifest = read_json(path / "manifest.json")
+        except (OSError, ValueError) as e:
+            run.manifest = {"error": str(e)}
+    if (path / "metrics.json").is_file():
+        try:
+            run.metrics = read_json(path / "metrics.json")
+        except (OSError, ValueError):
+            run.metrics = None
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# small HTML helpers
+
+
+def _na(what: str) -> str:
+    return f'<p class="na">not available: {escape(what)}</p>'
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{float(value):.{digits}f}"
+
+
+def _signed(value: float | None, digits: int = 1) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:+.{digits}f}"
+
+
+def _table(header: Sequence[str] | None, rows: Sequence[Sequence[str]], numeric: Sequence[bool] | None = None,
+           row_classes: Sequence[str] | None = None, table_class: str = "") -> str:
+    """An HTML table (no header row when ``header`` is None); the cells are HTML already (escape text before)."""
+    numeric = numeric or [False] * max((len(r) for r in rows), default=0)
+    out = [f'<table class="{table_class}">' if table_class else "<table>"]
+    if header is not None:
+        out += ["<tr>", *(f"<th>{h}</th>" for h in header), "</tr>"]
+    for i, row in enumerate(rows):
+        cls = row_classes[i] if row_classes and row_classes[i] else ""
+        out.append(f'<tr class="{cls}">' if cls else "<tr>")
+        out += [f'<td class="num">{c}</td>' if numeric[j] else f"<td>{c}</td>" for j, c in enumerate(row)]
+        out.append("</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _swatch(label_id: int) -> str:
+    r, g, b = (int(v) for v in fig.colorize_labels(np.array([label_id]))[0])
+    return f'<span class="sw" style="background:rgb({r},{g},{b})"></span>'
+
+
+def _rgb_swatch(rgb: tuple[int, int, int]) -> str:
+    return f'<span class="sw" style="background:rgb({rgb[0]},{rgb[1]},{rgb[2]})"></span>'
+
+
+def _guarded(title: str, body: Callable[[], str]) -> str:
+    """A section; an unexpected error inside it becomes a "not available" line (the report is never lost)."""
+    try:
+        content = body()
+    except Exception as e:  # noqa: BLE001
+        content = _na(f"{e.__class__.__name__}: {e}")
+    return f"<h2>{escape(title)}</h2>\n{content}\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (1) header
+
+
+def _superpixel_source(run: _Run) -> str:
+    """Which quasi-superpixels the run uses: SAM model, CPU method or imported annotations."""
+    about: dict[str, Any] = {}
+    folder = run.superpixels_folder()
+    if folder is not None and (folder / "superpixels.json").is_file():
+        try:
+            about = read_json(folder / "superpixels.json")
+        except (OSError, ValueError):
+            about = {}
+    if about.get("source") == "import":
+        return f"imported SAM annotations from {about.get('import')}"
+    config = run.config
+    if config is None:
+        return "unknown (no config)"
+    sp = config.superpixels
+    imported = getattr(sp, "import_dir", None)
+    if imported:
+        return f"imported SAM annotations from {imported}"
+    if sp.source == "sam":
+        return (f"SAM {config.models.sam_type} (weights {config.models.sam}), generator pattern {sp.preset}, "
+                f"{sp.points_per_side} points per side, {sp.crop_n_layers} crop layer(s)")
+    return f"CPU method {sp.source} (no SAM), generator pattern {sp.preset}"
+
+
+def _image_count(run: _Run) -> str:
+    if run.metrics and "images" in run.metrics:
+        return f"{run.metrics['images']} (evaluated)"
+    for name in ("superpixels", "seeds_fine", "seeds_coarse", "cams_cls"):
+        rec = run.stage(name)
+        if rec and isinstance(rec.get("counts"), dict) and "images" in rec["counts"]:
+            return f"{rec['counts']['images']} (from the {name} stage)"
+    return "unknown"
+
+
+def _header(run: _Run) -> str:
+    c = run.config
+    rows: list[tuple[str, str]] = [("run folder", str(run.path.resolve()))]
+    if c is None:
+        rows.append(("config", run.config_error))
+    else:
+        rows += [
+            ("preset", c.preset),
+            ("dataset", f"{c.data.dataset} ({c.data.root})"),
+            ("split", f"seeds made on {c.data.train_split}; evaluated on {c.data.eval_split}"),
+            ("images", _image_count(run)),
+            ("CLIP", c.models.clip),
+            ("quasi-superpixels", _superpixel_source(run)),
+            ("seeding", f"coarse: {c.seeds.coarse.method}, bg power {c.seeds.coarse.bg_power:g}; "
+                        f"fine: {c.seeds.fine.method}, bg power {c.seeds.fine.bg_power:g}"),
+        ]
+    stages = run.stages
+    finished = sorted(str(r.get("finished")) for r in stages.values() if isinstance(r, dict) and r.get("finished"))
+    rows.append(("run created", str(run.manifest.get("created", "unknown"))))
+    rows.append(("last stage finished", finished[-1] if finished else "no stage finished yet"))
+    rows.append(("report written", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")))
+    versions: dict[str, str] = {}
+    for rec in stages.values():
+        if isinstance(rec, dict) and isinstance(rec.get("versions"), dict):
+            versions = rec["versions"]
+    if versions:
+        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
+    status = []
+    for name in ("superpixels", *(s for s, _ in METHOD_STAGES)):
+        rec = run.stage(name)
+        status.append(f"{name}: {rec.get('status', '?') if rec else 'not run'}")
+    status.append(f"evaluate: {'done' if run.metrics else 'not run'}")
+    rows.append(("stages", "; ".join(status)))
+    return _table(None, [[escape(k), escape(str(v))] for k, v in rows], table_class="kv")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (2) seed quality
+
+
+def _eval_report(run: _Run, name: str) -> dict[str, Any] | None:
+    """``RUN/evaluate/<name>_<split>.json`` (any split when the metrics do not name one)."""
+    folder = run.path / "evaluate"
+    split = (run.metrics or {}).get("split")
+    candidates = [folder / f"{name}_{split}.json"] if split else []
+    candidates += sorted(folder.glob(f"{name}_*.json")) if folder.is_dir() else []
+    for path in candidates:
+        if path.is_file():
+            try:
+                return read_json(path)
+            except (OSError, ValueError):
+                continue
+    return None
+
+
+def _seed_quality(run: _Run) -> str:
+    m = run.metrics
+    if not m:
+        why = "metrics.json not found (the evaluate step has not run yet, or the split has no ground truth)"
+        return _na(why)
+    fine = m.get("seeds_fine")
+    c = run.config
+    rows: list[tuple[str, Any, str]] = [("all background", m.get("all_background"), "the floor any seed must beat")]
+    for task in TASKS:
+        a = m.get(f"argmax_{task}")
+        if isinstance(a, dict):
+            sweep = ", ".join(f"p={float(p):g}: {_num(v)}" for p, v in (a.get("sweep") or {}).items())
+            note = (f"best bg exponent p={float(a.get('bg_power', float('nan'))):g}, tuned on ground truth "
+                    f"({a.get('tuned_on_ground_truth', '')}); sweep {sweep}")
+            rows.append((f"argmax seeds, {task} CAMs", a.get("miou"), note))
+        else:
+            rows.append((f"argmax seeds, {task} CAMs", None, "not evaluated"))
+    for key, task, label in (("seeds_coarse", "cls", "coarse"), ("seeds_fine", "seg", "fine")):
+        settings = getattr(c.seeds, label) if c is not None else None
+        method = settings.method.upper() if settings is not None else "SAMS"
+        note = (f"{settings.method} on the {task} CAMs, bg power {settings.bg_power:g}" if settings is not None
+                else f"from the {task} CAMs")
+        rows.append((f"{method} {label} seeds", m.get(key), note))
+    body_rows, classes = [], []
+    for i, (label, value, note) in enumerate(rows):
+        is_fine = i == len(rows) - 1
+        delta = None if fine is None or value is None else float(fine) - float(value)
+        body_rows.append([escape(label), _num(value), "" if is_fine else _signed(delta), escape(note)])
+        classes.append("best" if is_fine else "")
+    out = [f"<p>Seed mIoU (%) on <b>{escape(str(m.get('split', '?')))}</b> "
+           f"({escape(str(m.get('images', '?')))} images).</p>",
+           _table(["seeds", "mIoU (%)", "fine − this (points)", "how"], body_rows, [False, True, True, False],
+                  classes)]
+    summary = []
+    for task in TASKS:
+        a = m.get(f"argmax_{task}")
+        if fine is not None and isinstance(a, dict) and a.get("miou") is not None:
+            summary.append(f"{_signed(float(fine) - float(a['miou']))} points over the argmax seeds of the {task} CAMs "
+                           f"(p={float(a.get('bg_power', float('nan'))):g}, tuned on ground truth)")
+    if fine is not None and m.get("all_background") is not None:
+        summary.append(f"{_signed(float(fine) - float(m['all_background']))} points over all-background")
+    if summary:
+        out.append(f"<p>The fine seeds score {escape('; '.join(summary))}.</p>")
+    fine_report = _eval_report(run, "seeds_fine")
+    coarse_report = _eval_report(run, "seeds_coarse")
+    protocol = (fine_report or {}).get("protocol", {}).get("description") or m.get("protocol")
+    out.append("<h3>Evaluation protocol</h3>")
+    if protocol:
+        extra = [f"argmax seeds ({t} CAMs): {m[f'argmax_{t}'].get('tuned_on_ground_truth', '')} "
+                 f"— tuned on ground truth" for t in TASKS if isinstance(m.get(f"argmax_{t}"), dict)]
+        out.append(f"<pre>{escape(chr(10).join([str(protocol), *extra]))}</pre>")
+    else:
+        out.append(_na("no protocol recorded in metrics.json"))
+    out.append("<h3>Per-class IoU (%)</h3>")
+    if fine_report is None or not fine_report.get("per_class"):
+        out.append(_na("evaluate/seeds_fine_<split>.json not found"))
+    else:
+        coarse_iou = {r["id"]: r.get("iou") for r in (coarse_report or {}).get("per_class", [])}
+        rows2 = []
+        for r in fine_report["per_class"]:
+            iou = r.get("iou")
+            rows2.append([
+                str(r["id"]), _swatch(int(r["id"])) + escape(str(r["class"])),
+                _num(None if coarse_iou.get(r["id"]) is None else 100.0 * coarse_iou[r["id"]]) if coarse_report
+                else "n/a",
+                _num(None if iou is None else 100.0 * iou),
+                str(r.get("gt_pixels", "")), "yes" if r.get("in_mean") else "no",
+            ])
+        out.append(_table(["id", "class", "coarse IoU", "fine IoU", "GT pixels", "in mIoU"], rows2,
+                          [True, False, True, True, True, False]))
+        out.append('<p class="note">mIoU = mean IoU over the classes present in the ground truth, background '
+                   "included. Classes absent from both ground truth and seeds show n/a.</p>")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (3) efficiency
+
+
+def learnable_parameters(path: str | Path) -> tuple[int, list[tuple[str, list[int], str]]]:
+    """The element count of a safetensors file and its tensors (name, shape, dtype), read from its header only."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length).decode("utf-8"))
+    tensors = [(k, [int(d) for d in v["shape"]], str(v["dtype"])) for k, v in header.items() if k != "__metadata__"]
+    return sum(math.prod(shape) for _, shape, _ in tensors), tensors
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _context_file(run: _Run, task: str) -> Path:
+    from tag2mask.stages.common import context_path
+
+    checkpoint: Any = "final"
+    if run.config is not None:
+        checkpoint = getattr(run.config.train, task).checkpoint
+    chosen = context_path(run.path, task, checkpoint)
+    return chosen if chosen.is_file() else run.path / f"train_{task}" / "ctx_final.safetensors"
+
+
+def _efficiency(run: _Run) -> str:
+    out = ["<h3>Time per stage</h3>"]
+    if not run.stages:
+        out.append(_na("manifest.json has no stage yet (nothing has run)"))
+    rows, classes = [], []
+    total, n_done = 0.0, 0
+    images = None
+
+    def row(name: str, what: str) -> list[str]:
+        nonlocal images
+        rec = run.stage(name)
+        if rec is None:
+            return [f"<code>{name}</code>", escape(what), "not run yet", "—", "—", "—", "—"]
+        counts = rec.get("counts") or {}
+        secs = float(rec.get("seconds") or 0.0)
+        n_img = counts.get("images")
+        images = images or n_img
+        per = f"{secs / n_img:.3f}" if n_img else "—"
+        return [f"<code>{name}</code>", escape(what), escape(str(rec.get("status", "?"))),
+                escape(", ".join(f"{k} {v}" for k, v in counts.items()) or "—"), f"{secs:.1f}", _duration(secs), per]
+
+    for name, what in METHOD_STAGES:
+        rows.append(row(name, what))
+        classes.append("")
+        rec = run.stage(name)
+        if rec is not None:
+            total += float(rec.get("seconds") or 0.0)
+            n_done += rec.get("status") == "done"
+    rows.append(["<b>total</b>", f"the method ({n_done} of {len(METHOD_STAGES)} stages done), without "
+                 "quasi-superpixels", "", "", f"{total:.1f}", _duration(total), "—"])
+    classes.append("total")
+    sp_name, sp_what = SUPERPIXEL_STAGE
+    rows.append(row(sp_name, sp_what))
+    classes.append("")
+    sp_rec = run.stage(sp_name)
+    sp_secs = float((sp_rec or {}).get("seconds") or 0.0)
+    rows.append(["<b>total incl. quasi-superpixels</b>", "", "", "", f"{total + sp_secs:.1f}",
+                 _duration(total + sp_secs), "—"])
+    classes.append("total")
+    out.append(_table(["stage", "what", "status", "items", "time (s)", "h:mm:ss", "s / image"], rows,
+                      [False, False, False, False, True, True, True], classes))
+    out.append('<p class="note">Times are the manifest\'s <code>seconds</code>, summed over resumes. As in the '
+               "paper (App. Table S1), quasi-superpixel generation is listed apart and left out of the method's "
+               "total: it is computed once per dataset and cached.</p>")
+
+    out.append("<h3>Learnable parameters</h3>")
+    prow, grand, missing = [], 0, []
+    for task in TASKS:
+        path = _context_file(run, task)
+        if not path.is_file():
+            missing.append(f"{path.relative_to(run.path)} (prompt training of the {task} task has not finished)")
+            continue
+        n, tensors = learnable_parameters(path)
+        grand += n
+        shapes = ", ".join(f"{k} {'×'.join(map(str, s))} {d}" for k, s, d in tensors)
+        prow.append([escape(task), escape(str(path.relative_to(run.path))), escape(shapes), f"{n:,}",
+                     f"{n * 4 / 1e6:.3f}", f"{n * 2 / 1e6:.3f}"])
+    pclasses = [""] * len(prow)
+    if prow:
+        prow.append(["<b>total</b>", "", "", f"{grand:,}", f"{grand * 4 / 1e6:.3f}", f"{grand * 2 / 1e6:.3f}"])
+        pclasses.append("total")
+        out.append(_table(["task", "file", "tensors", "parameters", "MB (fp32)", "MB (fp16)"], prow,
+                          [False, False, False, True, True, True], pclasses))
+        out.append('<p class="note">Only the prompt contexts are learned; CLIP and SAM stay frozen. '
+                   "1 MB = 10<sup>6</sup> bytes.</p>")
+    out += [_na(m) for m in missing]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (4) figures
+
+
+@dataclass
+class _Panel:
+    caption: str  # HTML
+    rgb: np.ndarray | None = None
+    missing: str = ""  # "not available" text when rgb is None
+
+    def html(self) -> str:
+        if self.rgb is None:
+            return (f'<figure class="missing"><figcaption>{self.caption}</figcaption>'
+                    f"{_na(self.missing)}</figure>")
+        h, w = self.rgb.shape[:2]
+        alt = escape(_strip_tags(self.caption), quote=True)
+        uri = fig.png_data_uri(self.rgb, PHOTO_COLOURS)
+        return (f'<figure><img src="{uri}" width="{w}" height="{h}" alt="{alt}">'
+                f"<figcaption>{self.caption}</figcaption></figure>")
+
+
+def _strip_tags(text: str) -> str:
+    out, inside = [], False
+    for ch in text:
+        if ch == "<":
+            inside = True
+        elif ch == ">":
+            inside = False
+        elif not inside:
+            out.append(ch)
+    return "".join(out)
+
+
+def _row(panels: Sequence[_Panel]) -> str:
+    return '<div class="row">' + "".join(p.html() for p in panels) + "</div>"
+
+
+def _load_cam(run: _Run, task: str, image_id: str) -> dict[str, np.ndarray] | None:
+    path = run.path / f"cams_{task}" / f"{image_id}.npz"
+    if not path.is_file():
+        return None
+    from tag2mask.stages.cams import load_cam_file
+
+    return load_cam_file(path)
+
+
+def _load_seed(run: _Run, name: str, image_id: str) -> np.ndarray | None:
+    path = run.path / name / f"{image_id}.png"
+    if not path.is_file():
+        return None
+    from tag2mask.viz.palette import read_label_png
+
+    return read_label_png(path)
+
+
+@dataclass
+class _SuperpixelArrays:
+    """One image's quasi-superpixels as the report needs them: levels and the exact atom decomposition
+    (``masks[k] == membership[atoms, k]``), as :meth:`tag2mask.superpixels.Superpixels.save` stores them."""
+
+    levels: np.ndarray  # S int64
+    atoms: np.ndarray  # H×W int32
+    membership: np.ndarray  # A×S bool
+    atom_area: np.ndarray  # A int64
+
+    def __len__(self) -> int:
+        return int(self.levels.shape[0])
+
+    def masks_at(self, size: tuple[int, int]) -> np.ndarray:
+        """The ``S×h×w`` bool masks at ``size`` (nearest-neighbour sampling of the atom map)."""
+        small = fig.resize_nearest(self.atoms, size)
+        return np.ascontiguousarray(np.moveaxis(self.membership[small], -1, 0))
+
+
+def load_superpixel_arrays(stem: str | Path) -> _SuperpixelArrays:
+    """Read ``<stem>.npz`` written by :meth:`Superpixels.save` without decoding its RLEs (and without importing
+    :mod:`tag2mask.superpixels`, which pulls in segment_anything); falls back to :meth:`Superpixels.load` when the
+    file lacks the atom arrays."""
+    from tag2mask.io import load_npz
+
+    try:
+        a = load_npz(f"{stem}.npz")
+        out = _SuperpixelArrays(np.asarray(a["levels"], np.int64).reshape(-1), np.asarray(a["atoms"], np.int32),
+                                np.asarray(a["atom_membership"], bool), np.asarray(a["atom_area"], np.int64))
+        if out.membership.shape != (out.atom_area.shape[0], len(out)) or out.atoms.ndim != 2:
+            raise ValueError("atom arrays do not fit")
+        return out
+    except (KeyError, ValueError, OSError):
+        from tag2mask.superpixels import Superpixels
+
+        sp = Superpixels.load(stem)
+        return _SuperpixelArrays(np.asarray(sp.levels, np.int64), np.asarray(sp.atoms, np.int32),
+                                 np.asarray(sp.atom_membership, bool), np.asarray(sp.atom_area, np.int64))
+
+
+def _top_class(fg: np.ndarray, seeds: Sequence[np.ndarray | None]) -> int:
+    """Index into ``fg`` of the positive class with the most pixels in the first available seed (else 0)."""
+    for seed in seeds:
+        if seed is not None and len(fg):
+            counts = [int((seed == int(c) + 1).sum()) for c in fg]
+            return int(np.argmax(counts))
+    return 0
+
+
+def _score_map(run: _Run, task: str, cam: dict[str, np.ndarray], j: int, sp: _SuperpixelArrays,
+               masks_small: np.ndarray) -> tuple[np.ndarray, str]:
+    """The SAMS score of positive class ``j`` painted per superpixel (display size), and how it was computed."""
+    settings = getattr(run.config.seeds, "fine" if task == "seg" else "coarse")
+    try:
+        from tag2mask.seeding import SeedingIndex, sams_scores
+
+        index = SeedingIndex(atom_map=sp.atoms, membership=sp.membership, atom_area=sp.atom_area, levels=sp.levels)
+        sc = sams_scores(cam["cam"], cam["fg_cls"], None, None, settings.bg_power, norm_first=settings.norm_first,
+                         gather=settings.gather, bg_method=settings.bg_method, precomputed=index)
+        values = np.asarray(sc.scores)[:, 1 + j]
+        return fig.paint_superpixels(masks_small, values, np.asarray(sc.paint_order)), "SAMS score"
+    except Exception:  # noqa: BLE001 - e.g. an option SAMS scores cannot show; fall back to the plain mean
+        cam01 = fig.resize_bilinear(fig.minmax01(cam["cam"][j]), masks_small.shape[1:])
+        values = fig.superpixel_means(cam01, masks_small)
+        order = np.argsort(np.asarray(sp.levels), kind="stable")
+        return fig.paint_superpixels(masks_small, values, order), "mean of the min-max-normalised CAM"
+
+
+def _image_figures(run: _Run, dataset: Any, image_id: str, sp_folder: Path | None) -> str:
+    sample = dataset[image_id]
+    names = list(dataset.class_names)
+    image = dataset.load_image(image_id)
+    size = image.shape[:2]
+    small = fig.display_size(size, MAX_WIDTH)
+    disp = fig.resize_rgb(image, small)
+    dim = fig.blend(disp, np.zeros(3), 0.45)
+    tags = " ".join(_swatch(c + 1) + escape(names[c]) for c in sample.labels) or "no tags"
+    out = [f'<div class="imgblock"><h3>{escape(image_id)}</h3>']
+
+    # image and ground truth
+    panels = [_Panel(f"image {size[1]}×{size[0]} — tags: {tags}", disp)]
+    gt = dataset.load_mask(image_id) if dataset.has_masks else None
+    if gt is not None:
+        panels.append(_Panel("ground truth", fig.overlay(disp, fig.resize_nearest(gt, small), LABEL_ALPHA)))
+    else:
+        panels.append(_Panel("ground truth", missing="this split has no ground-truth masks"))
+    out.append(_row(panels))
+
+    # cls vs seg CAMs, per positive class
+    cams = {task: _load_cam(run, task, image_id) for task in TASKS}
+    panels = []
+    for c in sample.labels:
+        for task in TASKS:
+            cam = cams[task]
+            caption = f"{task} CAM: {_swatch(c + 1)}{escape(names[c])}"
+            if cam is None:
+                panels.append(_Panel(caption, missing=f"cams_{task}/{image_id}.npz (stage cams_{task} not run)"))
+                continue
+            where = np.flatnonzero(cam["fg_cls"] == c)
+            if where.size == 0:
+                panels.append(_Panel(caption, missing="no CAM for this class in the file"))
+                continue
+            heat = fig.heatmap(fig.resize_bilinear(fig.minmax01(cam["cam"][where[0]]), small))
+            panels.append(_Panel(caption, fig.blend(disp, heat, 0.55)))
+    if panels:
+        out.append('<p class="note">CAMs as the seeds read them (after CAA when enabled), clamped at 0, min-max '
+                   "normalised, upsampled bilinearly to the image; cls task left, seg task right.</p>" + _row(panels))
+
+    # superpixels, score map, seeds, CRF
+    seeds = {name: _load_seed(run, name, image_id) for name in ("seeds_coarse", "seeds_fine")}
+    panels = []
+    sp = None
+    if sp_folder is None:
+        panels.append(_Panel("quasi-superpixels", missing="no superpixel folder (stage superpixels not run)"))
+    elif not Path(str(sp_folder / image_id) + ".json").is_file():
+        panels.append(_Panel("quasi-superpixels", missing=f"{sp_folder / image_id}.json not found"))
+    else:
+        sp = load_superpixel_arrays(sp_folder / image_id)
+    if sp is not None:
+        masks_small = sp.masks_at(small)
+        counts = np.bincount(np.clip(sp.levels, 0, 2), minlength=3)
+        legend = ", ".join(f"{_rgb_swatch(fig.LEVEL_RGB[k])}{n} {w}" for k, (n, w) in
+                           enumerate(zip(counts, ("subpart", "part", "whole"))))
+        panels.append(_Panel(f"quasi-superpixels: {len(sp)} masks ({legend})",
+                             fig.mask_outlines(masks_small, sp.levels, dim)))
+        task = "seg" if cams["seg"] is not None else "cls"
+        cam = cams[task]
+        if cam is not None and len(cam["fg_cls"]) and run.config is not None:
+            j = _top_class(cam["fg_cls"], [seeds["seeds_fine"], seeds["seeds_coarse"]])
+            c = int(cam["fg_cls"][j])
+            values, how = _score_map(run, task, cam, j, sp, masks_small)
+            panels.append(_Panel(f"superpixel score map, {task} CAMs, top class {_swatch(c + 1)}{escape(names[c])}"
+                                 f" ({escape(how)}; grey: no superpixel)",
+                                 fig.blend(disp, fig.heatmap(values), 0.8)))
+        else:
+            panels.append(_Panel("superpixel score map", missing="no CAM file for this image yet"))
+    for name, which, task in (("seeds_coarse", "coarse", "cls"), ("seeds_fine", "fine", "seg")):
+        method = getattr(run.config.seeds, which).method.upper() if run.config is not None else "SAMS"
+        label = f"{which} {method} seed ({task} CAMs)"
+        seed = seeds[name]
+        if seed is None:
+            panels.append(_Panel(label, missing=f"{name}/{image_id}.png (stage {name} not run)"))
+        else:
+            panels.append(_Panel(label, fig.overlay(disp, fig.resize_nearest(seed, small), LABEL_ALPHA)))
+    panels.append(_crf_panel(run, image, cams["seg"] if cams["seg"] is not None else cams["cls"], small, disp))
+    out.append(_row(panels))
+    out.append("</div>")
+    return "\n".join(out)
+
+
+def _crf_available() -> bool:
+    """True when the optional dense-CRF backend (``pydensecrf``, extra ``crf``) can be imported."""
+    return importlib.util.find_spec("pydensecrf") is not None
+
+
+def _crf_panel(run: _Run, image: np.ndarray, cam: dict[str, np.ndarray] | None, small: tuple[int, int],
+               disp: np.ndarray) -> _Panel:
+    caption = "dense-CRF seed"
+    if not _crf_available():
+        return _Panel(caption, missing=CRF_MISSING)
+    if cam is None or run.config is None:
+        return _Panel(caption, missing="no CAM file for this image yet")
+    settings = run.config.seeds.fine
+    try:
+        from tag2mask.seeding.crf import crf_seed
+
+        seed = crf_seed(image, cam["cam"], cam["fg_cls"], bg_power=settings.bg_power, params=settings.crf)
+    except Exception as e:  # noqa: BLE001
+        return _Panel(caption, missing=f"{e.__class__.__name__}: {e}")
+    return _Panel(f"{caption} (same CAMs, {escape(settings.crf)}, p={settings.bg_power:g})",
+                  fig.overlay(disp, fig.resize_nearest(np.asarray(seed), small), LABEL_ALPHA))
+
+
+def _figures(run: _Run, n_images: int) -> str:
+    if n_images <= 0:
+        return '<p class="note">no figures requested (n_images=0).</p>'
+    if run.config is None:
+        return _na(f"figures need the run's config ({run.config_error})")
+    from tag2mask.stages.common import open_split
+
+    split = run.config.data.train_split
+    root = Path(run.config.data.root).expanduser()
+    if not root.exists():
+        return _na(f"dataset {root} not found")
+    if run.config.data.dataset == "synthetic":
+        from tag2mask.data.synthetic import is_synthetic_dataset
+
+        if not is_synthetic_dataset(root):  # opening it would generate a new one: a report only reads
+            return _na(f"dataset {root}: no complete synthetic dataset there")
+    try:
+        dataset = open_split(run.config, split)
+    except Exception as e:  # noqa: BLE001
+        return _na(f"dataset {run.config.data.root} split {split} could not be opened ({e.__class__.__name__}: {e})")
+    ids = [s.id for s in dataset if s.labels][:n_images]
+    if not ids:
+        return _na(f"split {split} has no image with a tag")
+    folder = run.superpixels_folder()
+    if folder is not None and not folder.is_dir():
+        folder = None
+    level_legend = ", ".join(f"{_rgb_swatch(rgb)}{w}" for rgb, w in zip(fig.LEVEL_RGB, ("subpart", "part", "whole")))
+    out = [f'<p class="note">The first {len(ids)} images of {escape(split)} with at least one tag, downscaled to at '
+           f"most {MAX_WIDTH} px wide. Superpixel outlines by level: {level_legend}. Label colours: the VOC "
+           "palette.</p>"]
+    if folder is None:
+        out.append(_na("quasi-superpixel folder (the superpixels stage has not run)"))
+    for image_id in ids:
+        try:
+            out.append(_image_figures(run, dataset, image_id, folder))
+        except Exception as e:  # noqa: BLE001
+            out.append(f"<h3>{escape(image_id)}</h3>" + _na(f"{e.__class__.__name__}: {e}"))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (5) training curves
+
+
+def _read_losses(path: Path) -> list[tuple[float, float]]:
+    points = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            x, y = float(rec["iter"]), float(rec["loss"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if math.isfinite(x) and math.isfinite(y):
+            points.append((x, y))
+    return points
+
+
+def _bin_means(points: list[tuple[float, float]], n_max: int) -> list[tuple[float, float]]:
+    """At most ``n_max`` points: consecutive points averaged in equal-count bins."""
+    if len(points) <= n_max:
+        return points
+    arr = np.asarray(points)
+    return [(float(b[:, 0].mean()), float(b[:, 1].mean())) for b in np.array_split(arr, n_max)]
+
+
+def loss_svg(points: Sequence[tuple[float, float]], title: str, width: int = 360, height: int = 170) -> str:
+    """An inline SVG line chart of (iteration, loss) points: a polyline with min/max axis labels."""
+    left, right, top, bottom = 48, 10, 18, 26
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    if x1 == x0:
+        x1 = x0 + 1.0
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    pw, ph = width - left - right, height - top - bottom
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def sy(y: float) -> float:
+        return top + (1.0 - (y - y0) / (y1 - y0)) * ph
+
+    poly = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+    return (
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'role="img" aria-label="{escape(title, quote=True)}">'
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fcfcfc" stroke="#bbb"/>'
+        f'<polyline fill="none" stroke="#1f6fb4" stroke-width="1.3" points="{poly}"/>'
+        f'<text x="{left}" y="12">{escape(title)}</text>'
+        f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{y1:.3g}</text>'
+        f'<text x="{left - 4}" y="{top + ph}" text-anchor="end">{y0:.3g}</text>'
+        f'<text x="{left}" y="{height - 10}">{x0:g}</text>'
+        f'<text x="{left + pw}" y="{height - 10}" text-anchor="end">{x1:g}</text>'
+        f'<text x="{left + pw / 2:.0f}" y="{height - 10}" text-anchor="middle">iteration</text>'
+        "</svg>"
+    )
+
+
+def _curves(run: _Run) -> str:
+    out = []
+    for task in TASKS:
+        path = run.path / f"train_{task}" / "metrics.jsonl"
+        if not path.is_file():
+            out.append(_na(f"train_{task}/metrics.jsonl (prompt training of the {task} task has not run)"))
+            continue
+        points = _read_losses(path)
+        if not points:
+            out.append(_na(f"train_{task}/metrics.jsonl holds no finite loss yet"))
+            continue
+        shown = _bin_means(points, MAX_CURVE_POINTS)
+        loss_name = getattr(run.config.train, task).loss if run.config is not None else "loss"
+        note = f"{len(points)} iterations, first loss {points[0][1]:.4g}, last {points[-1][1]:.4g}"
+        if len(shown) < len(points):
+            note += f"; {len(shown)} points shown (means of consecutive iterations)"
+        out.append(f"<figure style=\"max-width:none\">{loss_svg(shown, f'{task} task: {loss_name} loss')}"
+                   f"<figcaption>{escape(note)}</figcaption></figure>")
+    return '<div class="row">' + "".join(out) + "</div>"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the page
+
+
+def build_report(run_dir: str | Path, n_images: int = 4) -> str:
+    """The HTML text of the report of ``run_dir`` (see the module docstring for its sections)."""
+    from tag2mask.errors import Tag2MaskError
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise Tag2MaskError(f"{path} is not a run folder (no such directory)")
+    run = _read_run(path)
+    title = f"tag2mask run report — {path.resolve().name}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        '<p class="note">FMA-WSSS: image tags → CAMs → SAM quasi-superpixel seeding → seeds. '
+        "A static page: everything is embedded.</p>",
+        _guarded("Run", lambda: _header(run)),
+        _guarded("Seed quality", lambda: _seed_quality(run)),
+        _guarded("Efficiency", lambda: _efficiency(run)),
+        _guarded("Figures", lambda: _figures(run, n_images)),
+        _guarded("Training curves", lambda: _curves(run)),
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, n_images: int = 4) -> Path:
+    """Write the self-contained HTML report of the run folder ``run_dir`` (atomically) and return its path.
+
+    ``out`` defaults to ``RUN/report.html``; ``n_images`` is the number of images with figures.
+    """
+    target = Path(out) if out is not None else Path(run_dir) / DEFAULT_NAME
+    write_text(target, build_report(run_dir, n_images))
+    return target
