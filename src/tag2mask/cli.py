@@ -182,17 +182,19 @@ def _cmd_superpixels(args: argparse.Namespace) -> int:
     from tag2mask.stages.common import worker_shard
     from tag2mask.stages.superpixels import run_superpixels, superpixels_dir
 
+    if args.import_dir:
+        args.overrides = [*args.overrides, f"superpixels.import_dir={Path(args.import_dir).expanduser().resolve()}"]
     config, run = _load(args)
     split = args.split or config.data.train_split
     rank, world = worker_shard(args.shard)
     stage = f"superpixels_{split}"
-    folder = superpixels_dir(config, split, args.import_dir)
+    folder = superpixels_dir(config, split)
     if run is not None:
         inputs = {"split": split, "folder": str(folder)}
         if args.import_dir:
             inputs["import"] = str(Path(args.import_dir).expanduser().resolve())
         run.begin_stage(stage, stage_hashes(config)["superpixels"], inputs=inputs)
-    result = run_superpixels(config, split, rank=rank, world_size=world, limit=args.limit, import_dir=args.import_dir)
+    result = run_superpixels(config, split, rank=rank, world_size=world, limit=args.limit)
     print(f"superpixels: {result.done}/{result.total} images of {split} in {result.folder} "
           f"({result.computed} {'imported' if args.import_dir else 'computed'} now, {result.seconds:.1f} s"
           + (f", {result.skipped} skipped: no annotations" if result.skipped else "") + ")")

@@ -69,6 +69,7 @@ class SuperpixelsConfig:
     """SAM quasi-superpixel generator, pattern ``l2_nmsf_s1_rsw3`` (SPEC §7.2)."""
 
     source: Literal["sam", "slic", "felzenszwalb"] = "sam"
+    import_dir: str = ""  # a folder of SAM-style annotations made elsewhere, used instead of any source
     preset: str = "l2_nmsf_s1_rsw3"
     points_per_side: int = 32
     points_per_batch: int = 256

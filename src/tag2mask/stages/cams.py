@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from tag2mask.config import Config
 from tag2mask.errors import DataError, NotBuiltError, Tag2MaskError
 from tag2mask.io import load_npz, save_npz
 from tag2mask.stages.common import build_prompt_learner, log, open_split, progress, resolve_device
-from tag2mask.stages.rundir import pending, shard
+from tag2mask.stages.rundir import ItemsResult, pending, shard
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -106,19 +105,6 @@ def load_cam_file(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-@dataclass
-class CamsResult:
-    folder: Path
-    done: int  # images with a CAM file (all workers)
-    total: int  # images with at least one positive label
-    computed: int
-    seconds: float
-
-    @property
-    def complete(self) -> bool:
-        return self.done == self.total
-
-
 def run_cams(
     config: Config,
     task: str,
@@ -131,7 +117,7 @@ def run_cams(
     world_size: int = 1,
     limit: int | None = None,
     show_progress: bool = True,
-) -> CamsResult:
+) -> ItemsResult:
     """Compute (or import) the CAMs of ``split`` for ``task`` into ``out_dir``; finished images are skipped."""
     if config.cams.scales != [1.0] or config.cams.flip:
         raise NotBuiltError("multi-scale or flipped CAM inference is not built yet; use cams.scales=[1.0] cams.flip=false")
@@ -154,7 +140,7 @@ def run_cams(
             output(image_id).parent.mkdir(parents=True, exist_ok=True)
             save_npz(output(image_id), **arrays)
     done = sum(output(i).exists() for i in ids)
-    return CamsResult(out_dir, done, len(ids), len(todo), time.perf_counter() - t0)
+    return ItemsResult(out_dir, done, len(ids), len(todo), time.perf_counter() - t0)
 
 
 def _computer(config: Config, task: str, dataset: Any, context: Path | None):

@@ -171,6 +171,23 @@ def pending(ids: Iterable[str], output_for: Callable[[str], Path]) -> Iterator[s
             yield item
 
 
+@dataclass
+class ItemsResult:
+    """What a per-image stage reports: its folder, how many images are done (all workers) out of how many, how
+    many this call computed, and how long it took."""
+
+    folder: Path
+    done: int
+    total: int
+    computed: int
+    seconds: float
+    skipped: int = 0  # inputs skipped under data.on_error=skip
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.total
+
+
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds``."""
 

@@ -8,7 +8,6 @@ without a CAM file (no positive label) gets an all-background seed. Resumable an
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from tag2mask.config import Config, SeedTaskConfig
 from tag2mask.errors import DataError, Tag2MaskError
 from tag2mask.stages.cams import load_cam_file
 from tag2mask.stages.common import open_split, progress
-from tag2mask.stages.rundir import pending, shard
+from tag2mask.stages.rundir import ItemsResult, pending, shard
 from tag2mask.viz.palette import write_label_png
 
 SEEDS_OF_TASK = {"cls": "coarse", "seg": "fine"}
@@ -51,19 +50,6 @@ def seed_one(
     return np.asarray(crf_seed(image, cam, fg, bg_power=settings.bg_power, params=settings.crf))
 
 
-@dataclass
-class SeedsResult:
-    folder: Path
-    done: int
-    total: int
-    computed: int
-    seconds: float
-
-    @property
-    def complete(self) -> bool:
-        return self.done == self.total
-
-
 def run_seeds(
     config: Config,
     task: str,
@@ -76,7 +62,7 @@ def run_seeds(
     world_size: int = 1,
     limit: int | None = None,
     show_progress: bool = True,
-) -> SeedsResult:
+) -> ItemsResult:
     """Write the seeds of ``split`` from the CAMs in ``cams_dir`` into ``out_dir`` (``task`` cls → coarse, seg → fine)."""
     settings: SeedTaskConfig = getattr(config.seeds, SEEDS_OF_TASK[task])
     dataset = open_split(config, split)
@@ -117,4 +103,4 @@ def run_seeds(
         output(image_id).parent.mkdir(parents=True, exist_ok=True)
         write_label_png(output(image_id), seed)
     done = sum(output(i).exists() for i in ids)
-    return SeedsResult(out_dir, done, len(ids), len(todo), time.perf_counter() - t0)
+    return ItemsResult(out_dir, done, len(ids), len(todo), time.perf_counter() - t0)

@@ -18,14 +18,13 @@ DataError.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from tag2mask.config import Config, config_hash
 from tag2mask.errors import DataError, NotBuiltError
 from tag2mask.io import write_json
 from tag2mask.stages.common import cache_dir, log, open_split, progress, resolve_device
-from tag2mask.stages.rundir import pending, shard
+from tag2mask.stages.rundir import ItemsResult, pending, shard
 
 
 def generator_params(config: Config) -> dict[str, object]:
@@ -87,20 +86,6 @@ def superpixel_path(folder: Path, image_id: str) -> Path:
     return folder / image_id
 
 
-@dataclass
-class SuperpixelsResult:
-    folder: Path
-    done: int  # images with superpixels in the folder (all workers)
-    total: int
-    computed: int  # computed (or imported) by this call
-    seconds: float
-    skipped: int = 0  # imports only: this worker's images without annotations, skipped (data.on_error=skip)
-
-    @property
-    def complete(self) -> bool:
-        return self.done == self.total
-
-
 def build_generator(config: Config, device: str):  # -> QuasiSuperpixelGenerator | CpuSuperpixelGenerator
     """The quasi-superpixel generator of ``config`` on ``device``: SAM's (loads SAM) for ``source: sam``, the
     CPU generator for ``slic`` / ``felzenszwalb`` (scikit-image, no SAM, ``device`` unused)."""
@@ -128,7 +113,7 @@ def run_superpixels(
     limit: int | None = None,
     show_progress: bool = True,
     import_dir: str | Path | None = None,
-) -> SuperpixelsResult:
+) -> ItemsResult:
     """Compute the missing quasi-superpixels of ``split`` (this worker's share) and return where they are.
 
     With ``import_dir`` (or the config's ``superpixels.import_dir``), convert the SAM-style annotations found there
@@ -175,7 +160,7 @@ def run_superpixels(
         key = superpixels_key(config, split, source)
         todo, skipped = _import_all(config, dataset, todo, source, folder, key, split, show_progress and rank == 0)
     done = sum(done_marker(i).exists() for i in ids)
-    return SuperpixelsResult(folder, done, len(ids), len(todo), time.perf_counter() - t0, skipped)
+    return ItemsResult(folder, done, len(ids), len(todo), time.perf_counter() - t0, skipped)
 
 
 def _import_all(
