@@ -12,10 +12,16 @@ Timed in the same run, interleaved round-robin so that machine load affects all 
 * ``plain loop, torch``: the same with torch boolean indexing (``R[:, mask]``, ``seed[mask] = label``);
 * ``ours, direct``: ``sams_seed(cam, fg_cls, masks, levels)`` (builds the atom index on the fly);
 * ``ours, precomputed``: ``sams_seed(..., precomputed=index)``;
+* ``ours, Superpixels``: ``sams_seed(cam, fg_cls, sp, None)`` with a :class:`tag2mask.superpixels.Superpixels`
+  (its stored atoms; the index is built once per ``Superpixels`` and reused);
 * ``precompute_superpixels``: the one-off cost of the index (per image, reused for every CAM / hyper-parameter);
-* ``bilinear resize``: the resize of the CAM alone (a floor every method pays).
+* ``bilinear resize``: the resize of the CAM alone (a floor every method pays), in the form every method here
+  uses: the ``P`` channels as a batch of one-channel images (``F.interpolate(cam[:, None])``, as ``sams_seed``
+  does; see ``tag2mask.seeding.sams._resize``);
+* ``resize, 1×P×h×w``: for comparison, ``F.interpolate(cam[None])``. With one torch thread and ``P = 3`` torch
+  sends this to its channels-last kernel (slower here, and rounding differently from every other case).
 
-All four seeding methods must give identical seeds (checked). Run: ``python benchmarks/seeding.py [--reps N]``.
+All seeding methods must give identical seeds (checked). Run: ``python benchmarks/seeding.py [--reps N]``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from tag2mask.seeding import precompute_superpixels, sams_seed
+from tag2mask.superpixels import Superpixels
 
 H, W = 375, 500
 CAM_HW = (24, 32)
@@ -102,9 +109,13 @@ def make_cam(seed: int = 0) -> np.ndarray:
 # baselines (written here, not in the package)
 
 
+def _resize(cam: torch.Tensor) -> torch.Tensor:
+    """The package's resize (channels as a batch of one-channel images; thread-count independent)."""
+    return F.interpolate(cam[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+
+
 def _resize_clamp(cam: torch.Tensor) -> torch.Tensor:
-    up = F.interpolate(cam[None], size=(H, W), mode="bilinear", align_corners=False)[0]
-    return up.clamp(min=0)
+    return _resize(cam).clamp(min=0)
 
 
 def _finish(r: torch.Tensor, levels: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
@@ -192,6 +203,7 @@ def main() -> None:
     cam_np = make_cam(args.seed)
     masks_t, levels_t, cam_t = torch.from_numpy(masks_np), torch.from_numpy(levels_np), torch.from_numpy(cam_np)
     index = precompute_superpixels(masks_np, levels_np)
+    sp = Superpixels.from_masks(masks_np, levels_np)
 
     seeds = {
         "reference-style": reference_style(cam_t, masks_t, levels_t),
@@ -199,6 +211,7 @@ def main() -> None:
         "plain loop, torch": plain_loop_torch(cam_t, masks_t, levels_t),
         "ours, direct": sams_seed(cam_np, FG_CLS, masks_np, levels_np, BG_POWER),
         "ours, precomputed": sams_seed(cam_np, FG_CLS, None, None, BG_POWER, precomputed=index),
+        "ours, Superpixels": sams_seed(cam_np, FG_CLS, sp, None, BG_POWER),
     }
     base = seeds["reference-style"]
     identical = {k: bool(np.array_equal(v, base)) for k, v in seeds.items()}
@@ -209,8 +222,10 @@ def main() -> None:
         "plain loop, torch": lambda: plain_loop_torch(cam_t, masks_t, levels_t),
         "ours, direct": lambda: sams_seed(cam_np, FG_CLS, masks_np, levels_np, BG_POWER),
         "ours, precomputed": lambda: sams_seed(cam_np, FG_CLS, None, None, BG_POWER, precomputed=index),
+        "ours, Superpixels": lambda: sams_seed(cam_np, FG_CLS, sp, None, BG_POWER),
         "precompute_superpixels": lambda: precompute_superpixels(masks_np, levels_np),
-        "bilinear resize": lambda: F.interpolate(cam_t[None], size=(H, W), mode="bilinear", align_corners=False),
+        "bilinear resize": lambda: _resize(cam_t),
+        "resize, 1×P×h×w": lambda: F.interpolate(cam_t[None], size=(H, W), mode="bilinear", align_corners=False),
     }
     med = _bench(fns, args.reps)
 

@@ -483,3 +483,196 @@ def test_sams_refine_alpha_and_uncovered() -> None:
     np.testing.assert_array_equal(
         seed2, sams_seed(prob, [14], masks, [1, 1], 2.0, norm_first="no_norm", bg_method="alpha_bg")
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Superpixels input, SeedingIndex.from_superpixels, the generic (non-CPU) form, resize thread independence
+
+SP_WARN = "ignore:__array__ implementation:DeprecationWarning"  # pycocotools on numpy 2
+
+
+def _superpixels(masks: np.ndarray, levels: np.ndarray):
+    from tag2mask.superpixels import Superpixels
+
+    return Superpixels.from_masks(masks, levels)
+
+
+def _same_behaviour(a: SeedingIndex, b: SeedingIndex) -> None:
+    """Equal decompositions up to the atom numbering."""
+    assert a.shape == b.shape and a.num_atoms == b.num_atoms
+    np.testing.assert_array_equal(a.levels, b.levels)
+    np.testing.assert_array_equal(a.masks(), b.masks())
+    np.testing.assert_array_equal(a.mask_areas(), b.mask_areas())
+    key_a = {row.tobytes(): int(n) for row, n in zip(a.membership, a.atom_area)}
+    key_b = {row.tobytes(): int(n) for row, n in zip(b.membership, b.atom_area)}
+    assert key_a == key_b
+
+
+SP_OPTIONS = [{}, {"uncovered": "argmax"}, {"norm_first": False, "gather": "sum"}, {"norm_first": "double_norm"}]
+
+
+@pytest.mark.filterwarnings(SP_WARN)
+@pytest.mark.parametrize("seed", range(5))
+def test_superpixels_input_gives_the_same_seed_as_the_mask_stack(seed: int) -> None:
+    cam, fg, masks, levels = _random_case(seed, s=[4, 12, 30, 70, 1][seed])
+    sp = _superpixels(masks, levels)
+    for opts in SP_OPTIONS:
+        ref = sams_seed(cam, fg, masks, levels, 0.7, **opts)
+        np.testing.assert_array_equal(sams_seed(cam, fg, sp, None, 0.7, **opts), ref)
+        np.testing.assert_array_equal(sams_seed(cam, fg, sp, levels, 0.7, **opts), ref)  # equal levels: fine
+        np.testing.assert_array_equal(sams_seed(cam, fg, sp, None, 0.7, precomputed=precompute_superpixels(
+            masks, levels), **opts), ref)
+    a = sams_scores(cam, fg, masks, levels, 0.7)
+    b = sams_scores(cam, fg, sp, None, 0.7)
+    for f in ("scores", "labels", "conf", "paint_order"):
+        np.testing.assert_array_equal(getattr(b, f), getattr(a, f))
+    prob = torch.softmax(torch.from_numpy(np.concatenate([cam[:1], cam])), dim=0).numpy()
+    np.testing.assert_array_equal(sams_refine(prob, fg, sp, None, 2.0), sams_refine(prob, fg, masks, levels, 2.0))
+    # torch CAM: the output is a tensor either way
+    seed_t = sams_seed(torch.from_numpy(cam), fg, sp, None, 0.7)
+    assert isinstance(seed_t, torch.Tensor)
+    np.testing.assert_array_equal(seed_t.numpy(), sams_seed(cam, fg, masks, levels, 0.7))
+
+
+@pytest.mark.filterwarnings(SP_WARN)
+@pytest.mark.parametrize("case,cam_key", REF_RUNS)
+def test_superpixels_input_matches_reference_case(case: str, cam_key: str) -> None:
+    d = _load(case)
+    sp = _superpixels(d["masks"], d["levels"])
+    for tag, p in POWERS.items():
+        np.testing.assert_array_equal(sams_seed(d[cam_key], d["fg_cls"], sp, None, p), d[f"seed_{tag}"])
+        sc = sams_scores(d[cam_key], d["fg_cls"], sp, None, p)
+        np.testing.assert_array_equal(sc.labels, d[f"ann_seed_{tag}"])
+        np.testing.assert_array_equal(sc.paint_order, d[f"paint_order_{tag}"])
+
+
+@pytest.mark.filterwarnings(SP_WARN)
+def test_superpixels_levels_mismatch_is_an_error() -> None:
+    cam, fg, masks, levels = _random_case(4, s=6)
+    sp = _superpixels(masks, levels)
+    wrong = (levels + 1) % 3
+    with pytest.raises(ValueError, match="levels"):
+        sams_seed(cam, fg, sp, wrong)
+    with pytest.raises(ValueError, match="levels"):
+        sams_scores(cam, fg, sp, list(wrong))
+    with pytest.raises(ValueError, match="levels"):
+        sams_refine(np.concatenate([cam[:1], cam]), fg, sp, torch.from_numpy(wrong))
+    with pytest.raises(ValueError, match="levels"):
+        sams_seed(cam, fg, sp, levels[:-1])  # wrong length
+    with pytest.raises(ValueError, match="levels"):
+        precompute_superpixels(sp, wrong)
+    with pytest.raises(ValueError, match="levels"):  # a precomputed index of other levels next to the Superpixels
+        sams_seed(cam, fg, sp, None, precomputed=precompute_superpixels(masks, wrong))
+    with pytest.raises(TypeError):
+        SeedingIndex.from_superpixels(masks)
+
+
+@pytest.mark.filterwarnings(SP_WARN)
+def test_superpixels_with_an_empty_mask_is_an_error() -> None:
+    cam, fg, masks, levels = _random_case(5, s=5)
+    masks[2] = False
+    with pytest.raises(ValueError, match="mask 2 is empty"):
+        sams_seed(cam, fg, _superpixels(masks, levels), None)
+
+
+@pytest.mark.filterwarnings(SP_WARN)
+@pytest.mark.parametrize("seed", range(6))
+def test_precompute_superpixels_equals_from_superpixels(seed: int) -> None:
+    s = [3, 12, 40, 70, 130, 1][seed]  # > 64 masks: several words per pixel code
+    cam, fg, masks, levels = _random_case(seed, h=31 + seed, w=43, s=s)
+    sp = _superpixels(masks, levels)
+    a = precompute_superpixels(masks, levels)
+    b = SeedingIndex.from_superpixels(sp)
+    assert b.atom_map is sp.atoms and b.membership is sp.atom_membership  # no copy, no decoding
+    _same_behaviour(a, b)
+    _same_behaviour(precompute_superpixels(sp, None), b)
+    _same_behaviour(precompute_superpixels(sp.masks, sp.levels), b)
+    for opts in SP_OPTIONS:
+        np.testing.assert_array_equal(
+            sams_seed(cam, fg, None, None, 0.6, precomputed=a, **opts),
+            sams_seed(cam, fg, None, None, 0.6, precomputed=b, **opts),
+        )
+    sa = sams_scores(cam, fg, None, None, 0.6, precomputed=a)
+    sb = sams_scores(cam, fg, None, None, 0.6, precomputed=b)
+    for f in ("labels", "paint_order"):
+        np.testing.assert_array_equal(getattr(sa, f), getattr(sb, f))
+    np.testing.assert_allclose(sa.scores, sb.scores, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_generic_torch_form_equals_cpu_runs_form(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The form used off the CPU (``index_add`` over pixels, ``take``) against the CPU one (runs + numpy)."""
+    from tag2mask.seeding import sams as sams_mod
+
+    cam, fg, masks, levels = _random_case(seed, s=[8, 30, 70, 3][seed])
+    index = precompute_superpixels(masks, levels)
+    opts_list = [{}, {"uncovered": "argmax"}, {"norm_first": "no_norm", "gather": "sum"}]
+    runs = [sams_seed(cam, fg, None, None, 0.7, precomputed=index, **o) for o in opts_list]
+    runs_sc = sams_scores(cam, fg, None, None, 0.7, precomputed=index)
+    monkeypatch.setattr(sams_mod, "_CPU_RUNS", False)
+    for o, ref in zip(opts_list, runs):
+        np.testing.assert_array_equal(sams_seed(cam, fg, None, None, 0.7, precomputed=index, **o), ref)
+    sc = sams_scores(cam, fg, None, None, 0.7, precomputed=index)
+    np.testing.assert_array_equal(sc.labels, runs_sc.labels)
+    np.testing.assert_array_equal(sc.paint_order, runs_sc.paint_order)
+    np.testing.assert_allclose(sc.scores, runs_sc.scores, rtol=0, atol=1e-7)
+
+
+def test_cam_that_requires_grad() -> None:
+    cam, fg, masks, levels = _random_case(6)
+    ref = sams_seed(cam, fg, masks, levels, 0.7)
+    seed = sams_seed(torch.from_numpy(cam).requires_grad_(True), fg, masks, levels, 0.7)
+    np.testing.assert_array_equal(seed.numpy(), ref)
+
+
+def test_resize_does_not_depend_on_the_thread_count() -> None:
+    """torch's CPU bilinear kernel for a 1×3×h×w input depends on the thread count; ours must not."""
+    rng = np.random.default_rng(0)
+    h, w = 90, 120  # H + W > 128: torch's generic / channels-last choice applies
+    # single-pixel superpixels with norm_first="no_norm": the scores are the resized CAM values themselves
+    pix = rng.choice(h * w, 200, replace=False)
+    masks = np.zeros((len(pix), h * w), bool)
+    masks[np.arange(len(pix)), pix] = True
+    masks = masks.reshape(-1, h, w)
+    levels = np.ones(len(pix), np.int64)
+    cam = rng.normal(0, 1, (3, 7, 9)).astype(np.float32)
+    threads = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            sc = sams_scores(cam, [1, 2, 3], masks, levels, 0.7, norm_first="no_norm", bg_method="no_bg")
+            out.append((sc.scores, argmax_seed(cam, [1, 2, 3], (h, w), 0.7)))
+    finally:
+        torch.set_num_threads(threads)
+    up = F.interpolate(torch.from_numpy(cam)[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    np.testing.assert_array_equal(out[0][0][:, 1:], up.reshape(3, -1)[:, pix].T.numpy())
+    np.testing.assert_array_equal(out[0][0], out[1][0])
+    np.testing.assert_array_equal(out[0][1], out[1][1])
+
+
+def test_index_pickles_without_its_cache() -> None:
+    import pickle
+
+    cam, fg, masks, levels = _random_case(7)
+    index = precompute_superpixels(masks, levels)
+    ref = sams_seed(cam, fg, None, None, 0.7, precomputed=index)  # fills the cache
+    assert index._cache
+    back = pickle.loads(pickle.dumps(index))
+    assert not back._cache
+    np.testing.assert_array_equal(sams_seed(cam, fg, None, None, 0.7, precomputed=back), ref)
+
+
+def test_full_resolution_inputs_are_not_modified() -> None:
+    """No resize: the evidence is the caller's own array, which the in-place clamp must not touch."""
+    cam, fg, masks, levels = _random_case(3, lowres=False)
+    index = precompute_superpixels(masks, levels)
+    cam0 = cam.copy()
+    sams_seed(cam, fg, masks, levels, uncovered="argmax")
+    sams_seed(torch.from_numpy(cam), fg, None, None, precomputed=index)
+    sams_scores(cam, fg, None, None, precomputed=index, norm_first="double_norm")
+    np.testing.assert_array_equal(cam, cam0)
+    prob = np.concatenate([cam[:1], cam])
+    prob0 = prob.copy()
+    sams_refine(prob, fg, masks, levels, 2.0, "argmax")
+    np.testing.assert_array_equal(prob, prob0)

@@ -1,9 +1,12 @@
 """Seeds from CAMs: SAMS on quasi-superpixels and plain argmax seeds (SPEC §3, §8, §9, §11.2).
 
-* :func:`sams_seed` — the SAMS seed of one image (the reference rule by default, options of SPEC §8).
+* :func:`sams_seed` — the SAMS seed of one image (the reference rule by default, options of SPEC §8). The
+  superpixels are either an ``S×H×W`` bool mask stack with ``levels`` or a
+  :class:`tag2mask.superpixels.Superpixels` (whose stored atoms are used without decoding its masks).
 * :func:`sams_scores` — its per-superpixel intermediates (scores, labels, confidences, paint order).
-* :func:`precompute_superpixels` / :class:`SeedingIndex` — the masks' atom decomposition, computed once per
-  image and reused for every CAM and hyper-parameter.
+* :func:`precompute_superpixels` / :class:`SeedingIndex` (:meth:`SeedingIndex.from_superpixels`) — the masks'
+  atom decomposition (:func:`tag2mask.superpixels.atoms.compute_atoms`), computed once per image and reused for
+  every CAM and hyper-parameter.
 * :func:`sams_refine` — SAMS refinement of a segmentation network's probabilities (SPEC §11.2).
 * :func:`argmax_seed` — resize, clamp, min-max, background power, argmax (SPEC §3, §9).
 """

@@ -15,40 +15,55 @@ SAMS (SPEC §8, Appendix C), per image, with ``P`` positive classes and ``S`` su
    input's own per-pixel argmax (``uncovered="argmax"``).
 
 How it is computed (SPEC §13 item 18: no ``C×S×H×W`` tensor, and no per-mask loop over ``H×W``): the pixels are
-grouped into *atoms* — maximal sets of pixels covered by exactly the same set of masks. A :class:`SeedingIndex`
-holds the ``H×W`` atom map, the ``A×S`` atom/mask membership and the atom areas (``A`` is a few hundred on a VOC
-image, against ``H·W ≈ 190k`` pixels). Then
+grouped into *atoms* — maximal sets of pixels covered by exactly the same set of masks
+(:func:`tag2mask.superpixels.atoms.compute_atoms`, the decomposition every
+:class:`~tag2mask.superpixels.Superpixels` stores). A :class:`SeedingIndex` holds the ``H×W`` atom map, the
+``A×S`` atom/mask membership and the atom areas (``A`` is a few hundred on a VOC image, against ``H·W ≈ 190k``
+pixels). Then
 
-* per-mask sums = (per-atom sums of the evidence, one ``index_add`` over the pixels) @ membership;
+* per-mask sums = (per-atom sums of the evidence) @ membership; on the CPU the per-atom sums are sums over the
+  raster-order runs of the atom map (``np.add.reduceat``) added up per atom, elsewhere one ``index_add`` over the
+  pixels;
 * painting = each atom's label is the label of the *last* mask in paint order that contains it (an ``A×S``
   reduction), and the seed is one gather ``atom_label[atom_map]``.
 
-The index depends only on the masks, so it can be computed once per image (:func:`precompute_superpixels`) and
-reused for every CAM / hyper-parameter (the SPEC §8 grid has 16 combinations per image). Without it,
-:func:`sams_seed` builds it on the fly (one pass over the ``S×H×W`` masks), so both paths run the same arithmetic
-and give identical results.
+The index depends only on the masks, so it can be computed once per image (:func:`precompute_superpixels`, or
+:meth:`SeedingIndex.from_superpixels` from a stored ``Superpixels``) and reused for every CAM / hyper-parameter
+(the SPEC §8 grid has 16 combinations per image); the tensors derived from it are cached on it per device. The
+``masks`` argument of :func:`sams_seed`, :func:`sams_scores` and :func:`sams_refine` is either an ``S×H×W`` mask
+stack with ``levels`` (the index is then built on the fly by :func:`precompute_superpixels`) or a ``Superpixels``
+(its stored atoms are used, the masks are not decoded; ``levels`` must then be ``None`` or equal to its levels),
+so every path runs the same arithmetic and gives identical results.
 
-Numerics: the per-superpixel sums are accumulated in float64 and the means cast back to the CAM's floating dtype
-(float32 in the pipeline, Appendix C); everything after that (min-max, background power, argmax, sort) runs in the
-CAM's dtype as the reference does. The reference sums in float32 with a summation order that depends on the torch
-build and the CPU's vector width, so its scores are only reproducible to within a few float32 ulps; our means are
-the (nearly always) correctly rounded float32 values. Seeds, labels and paint orders of the reference cases match
-exactly.
+Numerics: the CAM is resized with its channels as a batch of one-channel images (see :func:`_resize`: the result
+then does not depend on the number of torch threads). The per-superpixel sums are accumulated in float64 and the
+means cast back to the CAM's floating dtype (float32 in the pipeline, Appendix C); everything after that (min-max,
+background power, argmax, sort) runs in the CAM's dtype as the reference does. The reference sums in float32 with
+a summation order that depends on the torch build and the CPU's vector width, so its scores are only reproducible
+to within a few float32 ulps; our means are the (nearly always) correctly rounded float32 values. Seeds, labels
+and paint orders of the reference cases match exactly.
 
 Plain argmax seeds (SPEC §3 "Downstream conversion", §9): :func:`argmax_seed`.
 
-Everything is torch and device-agnostic (the computation runs on the CAM's device); numpy or torch in, and the
-output type follows the type of ``cam``. Pure functions: no file IO, inputs are never modified.
+Device-agnostic (the computation runs on the CAM's device; on the CPU two steps use numpy on zero-copy views);
+numpy or torch in, and the output type follows the type of ``cam``. Pure functions: no file IO, inputs are never
+modified (a :class:`SeedingIndex` caches derived tensors on itself).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Mapping, Optional, Sequence, Union
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from tag2mask.superpixels.atoms import as_bool_masks, compute_atoms  # numpy only; no import cycle
+
+if TYPE_CHECKING:  # only for annotations: importing it at run time would pull in pycocotools / segment_anything
+    from tag2mask.superpixels.container import Superpixels
 
 __all__ = [
     "BgMethod",
@@ -65,6 +80,7 @@ __all__ = [
 ]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
+MasksLike = Union[np.ndarray, torch.Tensor, "Superpixels"]  # an S×H×W mask stack, or a Superpixels
 NormFirst = Union[bool, Literal["double_norm", "no_norm"]]
 Gather = Literal["mean", "sum"]
 BgMethod = Literal["pow", "thresh", "alpha_bg", "no_bg"]
@@ -101,12 +117,21 @@ def _float_cam(cam: ArrayLike) -> torch.Tensor:
 
 
 def _resize(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of a ``C×h×w`` map to ``size`` (``align_corners=False``; SPEC notation); no-op if equal."""
+    """Bilinear resize of a ``C×h×w`` map to ``size`` (``align_corners=False``; SPEC notation); no-op if equal.
+
+    The channels are resized as a batch of one-channel images (``C×1×h×w``). On the CPU torch picks its kernel
+    by channel count and thread count: a ``1×3×h×w`` input with one torch thread (and an output larger than
+    ``H + W > 128``) goes to the channels-last kernel, whose float32 rounding differs from the generic kernel that
+    every other case uses — so ``cam[None]`` would make the result depend on ``torch.get_num_threads()``. With one
+    channel per image the result is the same for any thread count and equals the generic (multi-threaded, and
+    the per-element CUDA) arithmetic; it is also the faster form here. The output is contiguous, so the caller's
+    ``reshape(C, H*W)`` is a view.
+    """
     if tuple(cam.shape[-2:]) == tuple(size):
         return cam
     if cam.shape[0] == 0:
         return cam.new_zeros((0, *size))
-    return F.interpolate(cam[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+    return F.interpolate(cam[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
 def _mmnorm(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -119,13 +144,11 @@ def _mmnorm(x: torch.Tensor, dim: int) -> torch.Tensor:
 
 def _fg_cls_tensor(fg_cls: Union[Sequence[int], ArrayLike], device: torch.device) -> torch.Tensor:
     """Positive classes (0-based) as an int64 tensor, checked so that ``c + 1`` fits a uint8 label."""
-    if isinstance(fg_cls, torch.Tensor):
-        t = fg_cls.to(device=device, dtype=torch.int64).reshape(-1)
-    else:
-        t = torch.as_tensor(np.asarray(fg_cls, dtype=np.int64).reshape(-1), device=device)
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) > 253):
-        raise ValueError(f"fg_cls must be 0-based class ids in [0, 253], got {t.tolist()}")
-    return t
+    arr = np.asarray(fg_cls.detach().cpu() if isinstance(fg_cls, torch.Tensor) else fg_cls, dtype=np.int64)
+    arr = arr.reshape(-1)  # checked on the host: no device sync
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 253):
+        raise ValueError(f"fg_cls must be 0-based class ids in [0, 253], got {arr.tolist()}")
+    return _as_tensor(arr, device)
 
 
 def _label_lut(fg: torch.Tensor) -> torch.Tensor:
@@ -176,7 +199,7 @@ def _output(x: torch.Tensor, like: ArrayLike) -> ArrayLike:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# atom decomposition of a mask stack
+# atom decomposition of a mask stack (computed by tag2mask.superpixels.atoms.compute_atoms)
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,17 +215,24 @@ class SeedingIndex:
         atom_area: ``A`` int64, pixel count per atom.
         levels: ``S`` int64, the superpixel levels (0 subpart, 1 part, 2 whole; SPEC §7).
 
-    Atom ids are canonical (sorted by their membership bit pattern), so equal mask stacks give equal indexes.
+    Built by :func:`precompute_superpixels` (with :func:`tag2mask.superpixels.atoms.compute_atoms`, the same
+    decomposition every :class:`~tag2mask.superpixels.Superpixels` stores) or taken as is from a ``Superpixels``
+    by :meth:`from_superpixels`. Atom ids from ``compute_atoms`` are canonical (sorted by their membership bit
+    pattern), so equal mask stacks give equal indexes; SAMS itself does not depend on the numbering.
     Size on a VOC image: ``A`` is a few hundred, so about ``4·H·W`` bytes for the map plus a few kB — a lossless
     and ~``S/4`` times smaller stand-in for the ``S×H×W`` bool stack (:meth:`masks` rebuilds it).
     Only plain numpy arrays: ``np.savez(path, **index.to_arrays())`` and
     ``SeedingIndex.from_arrays(np.load(path, allow_pickle=False))`` round-trip without pickle.
+
+    The index is treated as immutable: the tensors SAMS derives from it (per device) are cached on it, so do not
+    modify its arrays in place.
     """
 
     atom_map: np.ndarray
     membership: np.ndarray
     atom_area: np.ndarray
     levels: np.ndarray
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.atom_map.ndim != 2 or self.atom_map.dtype != np.int32:
@@ -218,6 +248,14 @@ class SeedingIndex:
             raise ValueError("atom_area does not sum to the number of pixels")
         if self.atom_map.size and (int(self.atom_map.min()) < 0 or int(self.atom_map.max()) >= a):
             raise ValueError(f"atom_map holds ids outside [0, {a})")
+
+    def __getstate__(self) -> dict:
+        return {k: getattr(self, k) for k in ("atom_map", "membership", "atom_area", "levels")}  # no cache
+
+    def __setstate__(self, state: dict) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+        object.__setattr__(self, "_cache", {})
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -259,142 +297,193 @@ class SeedingIndex:
             levels=np.asarray(arrays[prefix + "levels"], dtype=np.int64),
         )
 
+    @classmethod
+    def from_superpixels(cls, sp: Superpixels) -> SeedingIndex:
+        """The index of a :class:`tag2mask.superpixels.Superpixels`, from the atoms it stores (``sp.atoms``,
+        ``sp.atom_membership``, ``sp.atom_area``, ``sp.levels``); the masks are not decoded, the arrays are not
+        copied. Equivalent to ``precompute_superpixels(sp.masks, sp.levels)`` up to the atom numbering."""
+        if not _is_superpixels(sp):
+            raise TypeError(f"expected a tag2mask.superpixels.Superpixels, got {type(sp).__name__}")
+        return cls(
+            atom_map=np.asarray(sp.atoms, dtype=np.int32),
+            membership=np.asarray(sp.atom_membership, dtype=np.bool_),
+            atom_area=np.asarray(sp.atom_area, dtype=np.int64),
+            levels=_vector_int64(sp.levels),
+        )
+
+
+def _vector_int64(x: Any) -> np.ndarray:
+    """``x`` as a 1-D int64 array (the same object when it already is one)."""
+    a = np.asarray(x, dtype=np.int64)
+    return a if a.ndim == 1 else a.reshape(-1)
+
+
+def _is_superpixels(obj: object) -> bool:
+    """Duck-typed check for a :class:`tag2mask.superpixels.Superpixels` (no import of that module, which pulls in
+    pycocotools and segment_anything, and no import cycle)."""
+    return not isinstance(obj, (np.ndarray, torch.Tensor)) and all(
+        hasattr(obj, a) for a in ("atoms", "atom_membership", "atom_area", "levels", "rle_counts")
+    )
+
+
+# Superpixels → its SeedingIndex, so that repeated calls on one Superpixels reuse the index and its cached tensors.
+_SP_INDEX: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _index_of_superpixels(sp: Any) -> SeedingIndex:
+    try:
+        index = _SP_INDEX.get(sp)
+    except TypeError:  # not hashable / weak-referenceable: no caching
+        return SeedingIndex.from_superpixels(sp)
+    if index is None or not (
+        index.atom_map is sp.atoms
+        and index.membership is sp.atom_membership
+        and index.atom_area is sp.atom_area
+        and index.levels is sp.levels
+    ):  # first use, or the Superpixels' arrays were replaced
+        index = SeedingIndex.from_superpixels(sp)
+        try:
+            _SP_INDEX[sp] = index
+        except TypeError:
+            pass
+    return index
+
 
 @dataclass(frozen=True, eq=False)
 class _Atoms:
-    """Torch form of a :class:`SeedingIndex` on the computing device (internal)."""
+    """A :class:`SeedingIndex` in the form SAMS uses on one device (internal; cached on the index)."""
 
-    atom_map: torch.Tensor  # (H*W,) int64
-    membership: torch.Tensor  # (A, S) bool
-    atom_area: torch.Tensor  # (A,) int64
-    levels: torch.Tensor  # (S,) int64
     shape: tuple[int, int]
+    levels: torch.Tensor  # (S,) int64
+    membership_f64: torch.Tensor  # (A, S) float64, for the per-mask sums
+    membership_i64: torch.Tensor  # (A, S) int64, for painting
+    mask_areas: torch.Tensor  # (S,) int64
+    empty_mask: int  # index of the first empty mask, -1 if none
+    # CPU: raster-order runs of equal atom ids (sums by np.add.reduceat, painting by np.repeat)
+    atom_map_np: Optional[np.ndarray]  # (H, W) int32
+    run_starts: Optional[np.ndarray]  # (R,) int64 (numpy)
+    run_len: Optional[np.ndarray]  # (R,) int64 (numpy)
+    run_atom: Optional[torch.Tensor]  # (R,) int64
+    # other devices: the flat map for index_add / take
+    atom_map_flat: Optional[torch.Tensor]  # (H*W,) int64
 
-    def mask_areas(self) -> torch.Tensor:
-        return self.atom_area @ self.membership.to(torch.int64)
-
-
-def _unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.unique(rows, dim=0, return_inverse=True)`` for an ``N×K`` int64 matrix, by stable sorts per column.
-
-    Rows come out in lexicographic order (signed int64 per column). Much faster than ``unique_dim`` on CPU.
-    """
-    n, k = rows.shape
-    perm = torch.arange(n, device=rows.device)
-    for j in reversed(range(k)):
-        perm = perm[torch.sort(rows[perm, j], stable=True).indices]
-    ordered = rows[perm]
-    new = torch.ones(n, dtype=torch.bool, device=rows.device)
-    if n > 1:
-        new[1:] = (ordered[1:] != ordered[:-1]).any(dim=1)
-    inverse = torch.empty(n, dtype=torch.int64, device=rows.device)
-    inverse[perm] = torch.cumsum(new, dim=0) - 1
-    return ordered[new], inverse
+    @property
+    def num_atoms(self) -> int:
+        return int(self.membership_f64.shape[0])
 
 
-def _build_atoms(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Atom decomposition of an ``S×H×W`` mask stack: ``(atom_map (H*W,) int64, membership (A,S), area (A,))``.
-
-    Each pixel's membership set is packed into bits (byte ``k >> 3``, bit ``k & 7`` for mask ``k``); pixels equal
-    to their left neighbour in raster order form runs; only the run codes (a few thousand rows instead of ``H·W``)
-    are uniqued, and the run ids are expanded back to pixels. Device-agnostic torch.
-    """
-    s, h, w = masks.shape
-    hw = h * w
-    dev = masks.device
-    flat = masks.reshape(s, hw)
-    if flat.dtype != torch.bool:
-        flat = flat != 0
-    u8 = flat.view(torch.uint8)
-    nb = max(1, (s + 7) // 8)
-    packed = torch.zeros((nb, hw), dtype=torch.uint8, device=dev)
-    for k in range(s):  # bits are disjoint, so adding 2^b is setting bit b (one fused kernel per mask)
-        packed[k >> 3].add_(u8[k], alpha=1 << (k & 7))
-    change = torch.ones(hw, dtype=torch.bool, device=dev)
-    if hw > 1:
-        change[1:] = packed[0, 1:] != packed[0, :-1]
-        for j in range(1, nb):
-            change[1:] |= packed[j, 1:] != packed[j, :-1]
-    starts = change.nonzero().squeeze(1)
-    nbytes = -(-nb // 8) * 8  # whole int64 words
-    run_bytes = torch.zeros((starts.numel(), nbytes), dtype=torch.uint8, device=dev)
-    run_bytes[:, :nb] = packed[:, starts].T
-    uniq, run_atom = _unique_rows(run_bytes.view(torch.int64))
-    run_len = torch.diff(starts, append=starts.new_full((1,), hw))
-    atom_map = torch.repeat_interleave(run_atom, run_len, output_size=hw)
-    n_atoms = uniq.shape[0]
-    atom_area = torch.zeros(n_atoms, dtype=torch.int64, device=dev).index_add_(0, run_atom, run_len)
-    ubytes = uniq.contiguous().view(torch.uint8)  # (A, nbytes)
-    bits = (ubytes[:, :, None] >> torch.arange(8, dtype=torch.uint8, device=dev)) & 1
-    membership = bits.reshape(n_atoms, nbytes * 8)[:, :s].to(torch.bool)
-    return atom_map, membership, atom_area
+# On the CPU, sum and paint through the atom map's runs with numpy (faster); False selects the generic torch form
+# used on other devices (index_add / take), e.g. to test it without a GPU.
+_CPU_RUNS = True
 
 
-def _levels_tensor(levels: Union[Sequence[int], ArrayLike], s: int, device: torch.device) -> torch.Tensor:
-    lv = levels.to(device=device, dtype=torch.int64) if isinstance(levels, torch.Tensor) else torch.as_tensor(
-        np.asarray(levels, dtype=np.int64), device=device
+def _atoms_on(index: SeedingIndex, device: torch.device) -> _Atoms:
+    """The (cached) device form of ``index``."""
+    runs = device.type == "cpu" and _CPU_RUNS
+    key = (device.type, device.index, runs)
+    cached = index._cache.get(key)
+    if cached is not None:
+        return cached
+    areas = index.mask_areas()
+    empty = np.flatnonzero(areas == 0)
+    membership = _as_tensor(index.membership, device)
+    common = dict(
+        shape=index.shape,
+        levels=_as_tensor(index.levels, device),
+        membership_f64=membership.to(torch.float64),
+        membership_i64=membership.to(torch.int64),
+        mask_areas=torch.from_numpy(areas).to(device),
+        empty_mask=int(empty[0]) if empty.size else -1,
     )
+    flat = index.atom_map.reshape(-1)
+    if runs:
+        change = np.empty(flat.shape, dtype=bool)
+        change[:1] = True
+        np.not_equal(flat[1:], flat[:-1], out=change[1:])
+        starts = np.flatnonzero(change)
+        atoms = _Atoms(
+            **common,
+            atom_map_np=np.ascontiguousarray(index.atom_map),
+            run_starts=starts,
+            run_len=np.diff(starts, append=flat.size),
+            run_atom=torch.from_numpy(flat[starts].astype(np.int64)),
+            atom_map_flat=None,
+        )
+    else:
+        atoms = _Atoms(
+            **common,
+            atom_map_np=None,
+            run_starts=None,
+            run_len=None,
+            run_atom=None,
+            atom_map_flat=_as_tensor(flat).to(device=device, dtype=torch.int64),
+        )
+    index._cache[key] = atoms
+    return atoms
+
+
+def _levels_array(levels: Union[Sequence[int], ArrayLike], s: int) -> np.ndarray:
+    if levels is None:
+        raise ValueError("levels are required with a mask stack")
+    lv = np.asarray(levels.detach().cpu() if isinstance(levels, torch.Tensor) else levels, dtype=np.int64)
     lv = lv.reshape(-1)
-    if lv.numel() != s:
-        raise ValueError(f"levels has {lv.numel()} entries for {s} masks")
+    if lv.size != s:
+        raise ValueError(f"levels has {lv.size} entries for {s} masks")
     return lv
 
 
-def _masks_tensor(masks: ArrayLike, device: torch.device) -> torch.Tensor:
-    m = _as_tensor(masks, device)
-    if m.ndim != 3:
-        raise ValueError(f"masks must be S×H×W, got shape {tuple(m.shape)}")
-    return m if m.dtype == torch.bool else m != 0
-
-
-def precompute_superpixels(masks: ArrayLike, levels: Union[Sequence[int], ArrayLike]) -> SeedingIndex:
+def precompute_superpixels(masks: MasksLike, levels: Union[Sequence[int], ArrayLike]) -> SeedingIndex:
     """Atom decomposition of one image's quasi-superpixels (``S×H×W`` bool masks + ``S`` levels; SPEC §8).
 
-    Costs about one pass over the masks; reuse the result with ``sams_seed(..., precomputed=index)`` for every
-    CAM and hyper-parameter of that image. Runs on the masks' device; the result is numpy.
+    Computed by :func:`tag2mask.superpixels.atoms.compute_atoms` (numpy, on the CPU; torch masks on any device are
+    copied there). Costs about one pass over the masks; reuse the result with ``sams_seed(..., precomputed=index)``
+    for every CAM and hyper-parameter of that image. ``masks`` may also be a
+    :class:`~tag2mask.superpixels.Superpixels` (``levels`` then ``None`` or equal to its levels): its stored atoms
+    are used, see :meth:`SeedingIndex.from_superpixels`.
     """
-    m = _masks_tensor(masks, None)
-    lv = _levels_tensor(levels, m.shape[0], m.device)
-    atom_map, membership, atom_area = _build_atoms(m)
-    h, w = int(m.shape[1]), int(m.shape[2])
-    return SeedingIndex(
-        atom_map=atom_map.reshape(h, w).to(torch.int32).cpu().numpy(),
-        membership=membership.cpu().numpy(),
-        atom_area=atom_area.cpu().numpy().astype(np.int64),
-        levels=lv.cpu().numpy().astype(np.int64),
-    )
+    if _is_superpixels(masks):
+        return _index_for(masks, levels, None)
+    m = as_bool_masks(masks)
+    lv = _levels_array(levels, m.shape[0])
+    dec = compute_atoms(m)
+    return SeedingIndex(atom_map=dec.atoms, membership=dec.membership, atom_area=dec.area, levels=lv)
 
 
-def _atoms_for(
-    masks: Optional[ArrayLike],
+def _index_for(
+    masks: Optional[MasksLike],
     levels: Optional[Union[Sequence[int], ArrayLike]],
     precomputed: Optional[SeedingIndex],
-    device: torch.device,
-) -> _Atoms:
-    """The atoms on ``device``: from ``precomputed`` when given, else built from ``masks``."""
+) -> SeedingIndex:
+    """The index to seed with: ``precomputed``, else the atoms stored in a ``Superpixels``, else built from
+    ``masks`` (checking that whatever else is given agrees with it)."""
+    sp = masks if masks is not None and _is_superpixels(masks) else None
     if precomputed is not None:
-        if levels is not None:
-            lv = np.asarray(levels.cpu() if isinstance(levels, torch.Tensor) else levels, dtype=np.int64).reshape(-1)
-            if not np.array_equal(lv, precomputed.levels):
-                raise ValueError("levels differ from precomputed.levels")
-        if masks is not None and tuple(masks.shape) != (precomputed.num_masks, *precomputed.shape):
+        index = precomputed
+    elif sp is not None:
+        index = _index_of_superpixels(sp)
+    else:
+        if masks is None or levels is None:
+            raise ValueError("give masks and levels, a Superpixels, or precomputed=")
+        return precompute_superpixels(masks, levels)
+    if levels is not None:
+        lv = np.asarray(levels.detach().cpu() if isinstance(levels, torch.Tensor) else levels, dtype=np.int64)
+        if not np.array_equal(lv.reshape(-1), index.levels):
             raise ValueError(
-                f"masks shape {tuple(masks.shape)} does not match the precomputed index "
-                f"{(precomputed.num_masks, *precomputed.shape)}"
+                "levels differ from the Superpixels' levels" if precomputed is None else
+                "levels differ from precomputed.levels"
             )
-        return _Atoms(
-            atom_map=_as_tensor(precomputed.atom_map.reshape(-1)).to(device=device, dtype=torch.int64),
-            membership=_as_tensor(precomputed.membership, device),
-            atom_area=_as_tensor(precomputed.atom_area, device),
-            levels=_as_tensor(precomputed.levels, device),
-            shape=precomputed.shape,
-        )
-    if masks is None or levels is None:
-        raise ValueError("give masks and levels, or precomputed=")
-    m = _masks_tensor(masks, device)
-    lv = _levels_tensor(levels, m.shape[0], device)
-    atom_map, membership, atom_area = _build_atoms(m)
-    return _Atoms(atom_map, membership, atom_area, lv, (int(m.shape[1]), int(m.shape[2])))
+    if precomputed is not None and masks is not None:
+        if sp is not None:
+            got = (len(sp.levels), *tuple(int(v) for v in sp.size))
+            same_levels = np.array_equal(np.asarray(sp.levels, dtype=np.int64).reshape(-1), index.levels)
+        else:
+            got, same_levels = tuple(masks.shape), True
+        if got != (index.num_masks, *index.shape) or not same_levels:
+            raise ValueError(
+                f"masks {got} do not match the precomputed index {(index.num_masks, *index.shape)}"
+                + ("" if same_levels else " (levels differ)")
+            )
+    return index
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -429,22 +518,39 @@ class _Core:
     lut: torch.Tensor  # (1+P,)
 
 
-def _gather(values: torch.Tensor, atoms: _Atoms, areas: torch.Tensor, how: str, clamp: bool = False) -> torch.Tensor:
+def _gather(
+    values: torch.Tensor, atoms: _Atoms, how: str, clamp: bool = False, clamp_inplace: bool = False
+) -> torch.Tensor:
     """Per-superpixel mean (or sum) of ``values`` (``C×HW``) → ``C×S`` in ``values``' dtype.
 
-    Accumulated in float64: per-atom sums (one ``index_add`` over the pixels), then ``@ membership``, then
-    ``/ area``, then cast back. ``clamp=True`` clamps the values at 0 first (exact, so done after the cast).
+    Accumulated in float64: per-atom sums, then ``@ membership``, then ``/ area``, then cast back. On the CPU the
+    per-atom sums are sums over the raster-order runs of the atom map (``np.add.reduceat``, sequential within a
+    run) added up per atom; elsewhere one ``index_add`` over the pixels. ``clamp=True`` clamps the values at 0
+    first (exact, so the same before or after the cast); ``clamp_inplace=True`` allows clamping ``values``
+    itself (a buffer the caller owns and no longer needs unclamped), which saves a pass and a copy.
     """
-    c = values.shape[0]
-    v = values.to(torch.float64)
-    if clamp:
-        v = v.clamp_(min=0) if v is not values else v.clamp(min=0)
-    acc = torch.zeros((c, atoms.membership.shape[0]), dtype=torch.float64, device=values.device)
-    acc.index_add_(1, atoms.atom_map, v)
-    sums = acc @ atoms.membership.to(torch.float64)
+    c, out_dtype = values.shape[0], values.dtype
+    acc = torch.zeros((c, atoms.num_atoms), dtype=torch.float64, device=values.device)
+    if atoms.run_starts is not None and not values.requires_grad:
+        if clamp:  # exact in any floating dtype, so done before the (exact) widening to float64
+            values = values.clamp_(min=0) if clamp_inplace else values.clamp(min=0)
+        if values.dtype not in (torch.float32, torch.float64):  # e.g. bfloat16, which numpy lacks
+            values = values.to(torch.float64)
+        if atoms.run_starts.size:  # float32 is widened inside reduceat, without a float64 copy of the map
+            run_sums = np.add.reduceat(values.numpy(), atoms.run_starts, axis=1, dtype=np.float64)
+            acc.index_add_(1, atoms.run_atom, torch.from_numpy(run_sums))
+    else:
+        v = values.to(torch.float64)
+        if clamp:
+            v = v.clamp_(min=0) if v is not values else v.clamp(min=0)
+        if atoms.atom_map_flat is not None:
+            acc.index_add_(1, atoms.atom_map_flat, v)
+        else:  # a CPU index used with a tensor that needs grad: the differentiable form
+            acc.index_add_(1, _as_tensor(atoms.atom_map_np.reshape(-1)).to(torch.int64), v)
+    sums = acc @ atoms.membership_f64
     if how == "mean":
-        sums = sums / areas.to(torch.float64)
-    return sums.to(values.dtype)
+        sums = sums / atoms.mask_areas
+    return sums.to(out_dtype)
 
 
 def _sams_core(
@@ -469,23 +575,27 @@ def _sams_core(
             + (" (bg_method='alpha_bg' needs the background channel first)" if bg_method == "alpha_bg" else "")
         )
     h, w = atoms.shape
-    x = _resize(x, (h, w)).reshape(x.shape[0], h * w)
-    areas = atoms.mask_areas()
-    s = int(areas.numel())
-    if s and int(areas.min()) == 0:
-        raise ValueError(f"mask {int(torch.argmin(areas))} is empty: SAMS needs non-empty superpixels")
+    x_in = x
+    x = _resize(x, (h, w))
+    # the resized map is our own buffer: the reference rule may clamp it in place, unless the unclamped values are
+    # still needed (uncovered="argmax" with alpha_bg takes the argmax of the channels as given)
+    owned = x is not x_in and bg_method != "alpha_bg"
+    x = x.reshape(x.shape[0], h * w)
+    s = int(atoms.levels.numel())
+    if atoms.empty_mask >= 0:
+        raise ValueError(f"mask {atoms.empty_mask} is empty: SAMS needs non-empty superpixels")
 
     # steps 2–4: evidence, gather, normalisation across superpixels
     if s == 0:  # no superpixel at all: nothing to score, every pixel is uncovered
         q = x.new_zeros((x.shape[0], 0))
     elif norm_first == "no_norm":
-        q = _gather(x, atoms, areas, gather)
+        q = _gather(x, atoms, gather)
     elif norm_first == "double_norm":
-        q = _mmnorm(_gather(_mmnorm(x, dim=1), atoms, areas, gather), dim=1)
+        q = _mmnorm(_gather(_mmnorm(x, dim=1), atoms, gather), dim=1)
     elif norm_first:  # True: clamp per pixel, gather, min-max across superpixels (the reference rule)
-        q = _mmnorm(_gather(x, atoms, areas, gather, clamp=True), dim=1)
+        q = _mmnorm(_gather(x, atoms, gather, clamp=True, clamp_inplace=owned), dim=1)
     else:  # False: gather the raw CAM, then clamp + min-max across superpixels
-        q = _mmnorm(_gather(x, atoms, areas, gather), dim=1)
+        q = _mmnorm(_gather(x, atoms, gather), dim=1)
 
     # step 5: background row
     if bg_method == "alpha_bg":
@@ -529,31 +639,40 @@ def _pixel_labels(
     return core.lut[torch.argmax(stack, dim=0)]
 
 
+def _per_pixel(per_atom: torch.Tensor, atoms: _Atoms, atom_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``per_atom[atom_map]`` as an ``H×W`` tensor: one gather, or on the CPU one ``np.repeat`` over the runs.
+    With ``atom_ids`` (``A``, int64), ``per_atom[atom_ids[atom_map]]``."""
+    if atoms.run_atom is not None:
+        ids = atoms.run_atom if atom_ids is None else atom_ids[atoms.run_atom]
+        return torch.from_numpy(np.repeat(per_atom[ids].numpy(), atoms.run_len).reshape(atoms.shape))
+    if atom_ids is not None:
+        per_atom = per_atom[atom_ids]
+    return torch.take(per_atom, atoms.atom_map_flat).reshape(atoms.shape)
+
+
 def _paint(core: _Core, atoms: _Atoms, fill: Optional[torch.Tensor]) -> torch.Tensor:
     """SPEC §8 steps 7–8: per atom, the label of the last mask in paint order containing it; ``H×W`` uint8."""
     s = int(core.order.numel())
     dev = core.order.device
-    n_atoms = int(atoms.membership.shape[0])
+    rank = torch.empty(s, dtype=torch.int64, device=dev)
+    rank[core.order] = torch.arange(1, s + 1, device=dev)
     if s:
-        rank = torch.empty(s, dtype=torch.int64, device=dev)
-        rank[core.order] = torch.arange(1, s + 1, device=dev)
-        top = (atoms.membership.to(torch.int64) * rank[None]).amax(dim=1)  # 0 = atom covered by no mask
-        painted_labels = core.labels[core.order]
-        atom_label = torch.where(top > 0, painted_labels[(top - 1).clamp(min=0)], 0)
+        top = (atoms.membership_i64 * rank[None]).amax(dim=1)  # rank of the last painter; 0 = covered by no mask
     else:
-        top = torch.zeros(n_atoms, dtype=torch.int64, device=dev)
-        atom_label = torch.zeros(n_atoms, dtype=torch.int64, device=dev)
-    seed = torch.take(atom_label.to(torch.uint8), atoms.atom_map)
+        top = torch.zeros(atoms.num_atoms, dtype=torch.int64, device=dev)
+    # label by rank, rank 0 (no mask) → background
+    by_rank = torch.cat([core.labels.new_zeros(1), core.labels[core.order]]).to(torch.uint8)
+    seed = _per_pixel(by_rank, atoms, top).to(dev)
     if fill is not None:
-        uncovered = torch.take(top == 0, atoms.atom_map)
-        seed = torch.where(uncovered, fill.to(torch.uint8), seed)
-    return seed.reshape(atoms.shape)
+        uncovered = _per_pixel(top == 0, atoms).to(dev)
+        seed = torch.where(uncovered, fill.to(torch.uint8).reshape(atoms.shape), seed)
+    return seed
 
 
 def sams_scores(
     cam: ArrayLike,
     fg_cls: Union[Sequence[int], ArrayLike],
-    masks: Optional[ArrayLike],
+    masks: Optional[MasksLike],
     levels: Optional[Union[Sequence[int], ArrayLike]],
     bg_power: float = 0.7,
     *,
@@ -569,7 +688,7 @@ def sams_scores(
     """
     _check_options(norm_first, gather, bg_method, bg_value, "background")
     x = _as_tensor(cam)
-    atoms = _atoms_for(masks, levels, precomputed, x.device)
+    atoms = _atoms_on(_index_for(masks, levels, precomputed), x.device)
     core = _sams_core(x, fg_cls, atoms, bg_power, norm_first, gather, bg_method, bg_value)
     return SamsScores(
         scores=_output(core.scores.T.contiguous(), cam),
@@ -582,7 +701,7 @@ def sams_scores(
 def sams_seed(
     cam: ArrayLike,
     fg_cls: Union[Sequence[int], ArrayLike],
-    masks: Optional[ArrayLike],
+    masks: Optional[MasksLike],
     levels: Optional[Union[Sequence[int], ArrayLike]],
     bg_power: float = 0.7,
     *,
@@ -600,8 +719,11 @@ def sams_seed(
             when it differs), or probabilities. ``C = P``, or ``1 + P`` with the background first for
             ``bg_method="alpha_bg"``. numpy or torch, any device; floating dtypes are kept, others become float32.
         fg_cls: the ``P`` positive classes, 0-based (label id ``c + 1``).
-        masks: ``S×H×W`` bool quasi-superpixels in SAM output order (may be ``None`` with ``precomputed``).
-        levels: ``S`` ints (0 subpart, 1 part, 2 whole); may be ``None`` with ``precomputed``.
+        masks: the quasi-superpixels: an ``S×H×W`` bool mask stack in SAM output order (numpy or torch, any
+            device), or a :class:`tag2mask.superpixels.Superpixels` (its stored atoms are used and its masks are
+            not decoded); may be ``None`` with ``precomputed``.
+        levels: ``S`` ints (0 subpart, 1 part, 2 whole) of a mask stack; with a ``Superpixels`` or
+            ``precomputed`` it may be ``None``, and if given must equal their levels (else ``ValueError``).
         bg_power: exponent ``p`` of ``bg = (1 − max_c q_c)^p`` (``pow``), or ``α`` of ``bg ← bg^α``
             (``alpha_bg``). VOC: 0.6 coarse, 0.7 fine (SPEC §8 table).
         norm_first: ``True`` (reference): clamp per pixel, gather, min-max per class across superpixels.
@@ -618,8 +740,8 @@ def sams_seed(
             given, α not applied, i.e. the network's own prediction; otherwise per-pixel scores (``mmnorm`` over
             ``H×W`` of the clamped CAM, or the values as given for ``"no_norm"``) with the background from the
             same ``bg_method``, which with the defaults is exactly :func:`argmax_seed`).
-        precomputed: a :class:`SeedingIndex` of these masks (from :func:`precompute_superpixels`); gives the same
-            result as passing the masks, faster.
+        precomputed: a :class:`SeedingIndex` of these masks (from :func:`precompute_superpixels` or
+            :meth:`SeedingIndex.from_superpixels`); gives the same result as passing the masks, faster.
 
     Returns:
         ``H×W`` uint8 seed, numpy if ``cam`` is numpy, else a tensor on ``cam``'s device.
@@ -629,7 +751,7 @@ def sams_seed(
     """
     _check_options(norm_first, gather, bg_method, bg_value, uncovered)
     x = _as_tensor(cam)
-    atoms = _atoms_for(masks, levels, precomputed, x.device)
+    atoms = _atoms_on(_index_for(masks, levels, precomputed), x.device)
     core = _sams_core(x, fg_cls, atoms, bg_power, norm_first, gather, bg_method, bg_value)
     fill = _pixel_labels(core, norm_first, bg_method, bg_power, bg_value) if uncovered == "argmax" else None
     return _output(_paint(core, atoms, fill), cam)
@@ -638,7 +760,7 @@ def sams_seed(
 def sams_refine(
     prob: ArrayLike,
     fg_cls: Union[Sequence[int], ArrayLike],
-    masks: Optional[ArrayLike],
+    masks: Optional[MasksLike],
     levels: Optional[Union[Sequence[int], ArrayLike]],
     alpha: float = 1.0,
     uncovered: Uncovered = "background",
@@ -651,7 +773,9 @@ def sams_refine(
     ``j ≥ 1`` holding class ``fg_cls[j−1]``. Superpixel score = mean probability (``norm_first="no_norm"``,
     ``gather="mean"``), background ``bg ← bg^alpha`` (``alpha_bg``), argmax, priority painting. ``uncovered``:
     ``"background"`` (reference) or ``"argmax"`` (keep the network's own argmax in pixels no superpixel covers,
-    SPEC §13 item 16). SPEC §13 item 9: the reference searched ``alpha`` on the evaluation split's ground truth.
+    SPEC §13 item 16). ``masks`` / ``levels`` / ``precomputed`` as in :func:`sams_seed` (a ``Superpixels`` is
+    accepted in place of the mask stack). SPEC §13 item 9: the reference searched ``alpha`` on the evaluation
+    split's ground truth.
     """
     return sams_seed(
         prob,

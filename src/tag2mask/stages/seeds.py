@@ -37,8 +37,8 @@ def seed_one(
     if settings.method == "sams":
         from tag2mask.seeding import sams_seed
 
-        return np.asarray(sams_seed(
-            cam, fg, superpixels.masks, superpixels.levels, settings.bg_power, norm_first=settings.norm_first,
+        return np.asarray(sams_seed(  # the stored atoms make this fast: the masks are never decoded
+            cam, fg, superpixels, None, settings.bg_power, norm_first=settings.norm_first,
             gather=settings.gather, bg_method=settings.bg_method, uncovered=settings.uncovered,
         ))
     if settings.method == "argmax":

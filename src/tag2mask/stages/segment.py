@@ -75,7 +75,7 @@ def segment_image(config: Config, run_path: Path, image_path: Path, classes: str
     arrays = cam_one(model, image, np.asarray(fg_cls, np.int64), config, "seg", device)
     superpixels = build_generator(config, device).generate(image)
     s = config.seeds.fine
-    seed = np.asarray(sams_seed(arrays["cam"], arrays["fg_cls"], superpixels.masks, superpixels.levels, s.bg_power,
+    seed = np.asarray(sams_seed(arrays["cam"], arrays["fg_cls"], superpixels, None, s.bg_power,
                                 norm_first=s.norm_first, gather=s.gather, bg_method=s.bg_method,
                                 uncovered=s.uncovered))
     out_dir.mkdir(parents=True, exist_ok=True)
