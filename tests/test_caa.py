@@ -299,3 +299,16 @@ def test_bad_shapes_raise() -> None:
         caa_refine(cam, np.ones((3, 5, 5), np.float32))
     with pytest.raises(ValueError, match="cam"):
         caa_refine(cam[0], att)
+
+
+def test_identity_attention_keeps_the_in_box_cam_and_zeroes_the_rest() -> None:
+    # identity attention stays the identity through Sinkhorn, symmetrisation and the power, so CAA only applies
+    # the class's box mask: in-box values are unchanged, everything outside becomes 0
+    cam = np.zeros((1, 4, 5), np.float32)
+    cam[0, 1:3, 1:3] = [[0.2, 0.9], [0.5, 1.0]]
+    cam[0, 0, 4] = -0.3
+    out = caa_refine(cam, np.eye(20, dtype=np.float32), box_thresh=0.4, propagate="cam", boxes="inclusive")
+    inbox = np.zeros((4, 5), bool)
+    inbox[1:3, 1:3] = True
+    np.testing.assert_array_equal(out[0][inbox], cam[0][inbox])
+    assert np.all(out[0][~inbox] == 0)

@@ -676,3 +676,20 @@ def test_full_resolution_inputs_are_not_modified() -> None:
     prob0 = prob.copy()
     sams_refine(prob, fg, masks, levels, 2.0, "argmax")
     np.testing.assert_array_equal(prob, prob0)
+
+
+def test_all_negative_cam_gives_all_background() -> None:
+    masks = np.zeros((2, 4, 4), bool)
+    masks[0, :2], masks[1, 2:] = True, True
+    seed = sams_seed(-np.ones((1, 4, 4), np.float32), [3], masks, [2, 2], 0.7)
+    assert np.all(seed == 0)
+
+
+def test_duplicated_masks_change_nothing() -> None:
+    rng = np.random.default_rng(7)
+    masks = rng.random((6, 12, 10)) > 0.6
+    levels = np.array([2, 2, 1, 1, 0, 0])
+    cam = rng.normal(size=(2, 3, 3)).astype(np.float32)
+    base = sams_seed(cam, [4, 9], masks, levels, 0.7)
+    dup = sams_seed(cam, [4, 9], np.concatenate([masks, masks[[1, 3]]]), np.concatenate([levels, levels[[1, 3]]]), 0.7)
+    np.testing.assert_array_equal(base, dup)

@@ -3,7 +3,9 @@
 - :mod:`tag2mask.models.weights` — weights folder, known files, name → path (no torch import);
 - :mod:`tag2mask.models.clip` — :func:`load_clip`, :func:`clip_tokenizer`;
 - :mod:`tag2mask.models.sam` — :func:`load_sam`, :func:`sam_predictor`;
-- :mod:`tag2mask.models.tiny` — tiny random CLIP/SAM and writers of the official checkpoint layouts.
+- :mod:`tag2mask.models.tiny` — tiny random CLIP/SAM and writers of the official checkpoint layouts;
+- :mod:`tag2mask.models.prompts` — the CoOp :class:`PromptLearner` and the text encoder over embedded prompts;
+- :mod:`tag2mask.models.clip_cam` — the CAM-ready forward of the CLIP vision transformer.
 
 The names below are re-exported lazily, so ``import tag2mask.models.weights`` does not import torch.
 """
@@ -26,6 +28,9 @@ _EXPORTS = {
     "save_openai_state_dict": "tiny",
     "save_openai_torchscript": "tiny",
     "save_sam_state_dict": "tiny",
+    "PromptLearner": "prompts",
+    "encode_prompts": "prompts",
+    "vit_forward": "clip_cam",
 }
 
 __all__ = sorted(_EXPORTS)
