@@ -1,8 +1,10 @@
 """Loading OpenAI CLIP weights into an open_clip model, and the matching tokenizer.
 
 The files are OpenAI's official ones (``ViT-B-16.pt`` and friends: TorchScript archives holding fp16 weights)
-or plain state dicts with the same key names. The architecture is read off the tensor shapes, so any
-OpenAI-layout checkpoint loads, including the tiny random ones of :mod:`tag2mask.models.tiny`.
+or plain state dicts with the same key names, as ``torch.save`` or safetensors files. The architecture is read
+off the tensor shapes (patch size from ``visual.conv1.weight``, input side from the positional embedding), so any
+OpenAI-layout checkpoint loads, including the tiny random ones of :mod:`tag2mask.models.tiny` and the packaged
+``"tiny-synthetic"`` model of the demo (a safetensors file, see :mod:`tag2mask.models.weights`).
 """
 
 from __future__ import annotations
@@ -26,14 +28,40 @@ _METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _REQUIRED_KEYS = ("text_projection", "token_embedding.weight", "positional_embedding", "ln_final.weight")
 
 
+def is_safetensors(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` starts like a safetensors file: an 8-byte little-endian header size, then ``{``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
+
+
+def _read_safetensors(path: os.PathLike[str]) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        state_dict = load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own SafetensorError, OSError, ...
+        raise Tag2MaskError(
+            f"cannot read CLIP weight file {path} ({type(e).__name__}): a corrupt or truncated safetensors file"
+        ) from e
+    if not state_dict:
+        raise Tag2MaskError(f"CLIP weight file {path} holds no tensors.")
+    return state_dict
+
+
 def load_clip(name_or_path: str | os.PathLike[str] = "ViT-B/16", device: str | torch.device = "cpu") -> CLIP:
     """Load an OpenAI-format CLIP checkpoint as a frozen float32 open_clip model.
 
     Args:
         name_or_path: a known name (``"ViT-B/16"``, ``"ViT-B/32"``, ``"ViT-L/14"``, ``"ViT-L/14@336px"``),
             looked up in the weights folder (see :func:`tag2mask.models.weights.resolve_weight`), or the path of
-            a file: OpenAI's TorchScript archive, or a ``torch.save`` state dict with OpenAI key names (bare or
-            under ``"state_dict"``), fp16 or fp32.
+            a file: OpenAI's TorchScript archive, a ``torch.save`` state dict with OpenAI key names (bare or
+            under ``"state_dict"``), or a safetensors file with those key names; fp16 or fp32. ``"tiny-synthetic"``
+            is the tiny CLIP packaged with tag2mask for the offline demo.
         device: where the returned model lives.
 
     Returns:
@@ -45,7 +73,7 @@ def load_clip(name_or_path: str | os.PathLike[str] = "ViT-B/16", device: str | t
         Tag2MaskError: the file is unreadable or is not an OpenAI-layout CLIP checkpoint.
     """
     path = resolve_weight(name_or_path, kind="clip")
-    state_dict = read_state_dict(path, what="CLIP")
+    state_dict = _read_safetensors(path) if is_safetensors(path) else read_state_dict(path, what="CLIP")
     for key in _METADATA_KEYS:
         state_dict.pop(key, None)
     missing = [k for k in _REQUIRED_KEYS if k not in state_dict]

@@ -5,6 +5,10 @@ This module never imports torch: ``tag2mask info`` uses it and must stay fast.
 The weights folder is ``$TAG2MASK_WEIGHTS`` when that variable is set (and not empty), else
 ``~/.cache/tag2mask/weights``. A known name (``"ViT-B/16"``, ``"vit_h"``, or the file name itself such as
 ``"ViT-B-16.pt"``) resolves to its official file name in that folder; any existing file path is used as is.
+
+A few small models ship *inside* the package (``tag2mask/models/assets``) instead: ``"tiny-synthetic"``, the tiny
+CLIP that tag2mask trains on its synthetic dataset for the offline demo (``scripts/train_tiny_clip.py``). Their
+names resolve to the packaged file, never to the weights folder.
 """
 
 from __future__ import annotations
@@ -75,6 +79,41 @@ KNOWN_WEIGHTS: tuple[WeightFile, ...] = (
 
 _KIND_LABEL = {"clip": "CLIP", "sam": "SAM"}
 
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+"""Where the packaged weight files live (shipped in the wheel as package data)."""
+
+
+@dataclass(frozen=True)
+class PackagedWeight:
+    """A weight file shipped inside the package: the name users type and its file in :data:`ASSETS_DIR`."""
+
+    name: str
+    kind: WeightKind
+    filename: str
+    description: str
+
+    @property
+    def path(self) -> Path:
+        return ASSETS_DIR / self.filename
+
+
+PACKAGED_WEIGHTS: tuple[PackagedWeight, ...] = (
+    PackagedWeight(
+        "tiny-synthetic",
+        "clip",
+        "tiny_clip_synthetic.safetensors",
+        "tiny CLIP ViT (patch 8) trained by tag2mask on its synthetic shapes dataset, for the offline demo",
+    ),
+)
+
+
+def packaged_weight(name: str, kind: WeightKind) -> PackagedWeight | None:
+    """The packaged weight of ``kind`` whose name or file name is ``name``, or None."""
+    for w in PACKAGED_WEIGHTS:
+        if w.kind == kind and name in (w.name, w.filename):
+            return w
+    return None
+
 
 def weights_dir() -> Path:
     """The folder searched for weight files by name.
@@ -95,8 +134,8 @@ def known_weight(name: str, kind: WeightKind) -> WeightFile | None:
 
 
 def known_names(kind: WeightKind) -> list[str]:
-    """The names of ``kind`` that :func:`resolve_weight` accepts (file names are accepted too)."""
-    return [w.name for w in KNOWN_WEIGHTS if w.kind == kind]
+    """The names of ``kind`` that :func:`resolve_weight` accepts (file names are accepted too), packaged last."""
+    return [w.name for w in KNOWN_WEIGHTS if w.kind == kind] + [w.name for w in PACKAGED_WEIGHTS if w.kind == kind]
 
 
 def download_hint(w: WeightFile, folder: Path) -> str:
@@ -110,7 +149,8 @@ def resolve_weight(name_or_path: str | os.PathLike[str], kind: WeightKind = "cli
     """Turn a weight name or a file path into the path of an existing file.
 
     An existing file path is returned as is (``~`` expanded). A known name of ``kind`` (e.g. ``"ViT-B/16"``,
-    ``"vit_h"``, or its file name ``"ViT-B-16.pt"``) resolves to that file in :func:`weights_dir`.
+    ``"vit_h"``, or its file name ``"ViT-B-16.pt"``) resolves to that file in :func:`weights_dir`; a packaged
+    name (``"tiny-synthetic"``) resolves to its file in :data:`ASSETS_DIR`.
 
     Raises:
         MissingWeightsError: the file is not there. The message names the file, the folder searched, the
@@ -124,6 +164,14 @@ def resolve_weight(name_or_path: str | os.PathLike[str], kind: WeightKind = "cli
     if path.is_file():
         return path
     name = os.fspath(name_or_path)
+    packaged = packaged_weight(name, kind)
+    if packaged is not None:
+        if packaged.path.is_file():
+            return packaged.path
+        raise MissingWeightsError(
+            f"{label} weights {packaged.name!r} should ship with tag2mask but {packaged.path} is missing: reinstall "
+            f"tag2mask, or recreate the file with scripts/train_tiny_clip.py from the source tree."
+        )
     w = known_weight(name, kind)
     folder = weights_dir()
     if w is None:
