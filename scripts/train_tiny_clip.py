@@ -436,8 +436,11 @@ def save(result: dict, args: argparse.Namespace, out_dir: Path) -> Path:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{ASSET_NAME}.safetensors"
+    from tag2mask.models.clip import compact_token_embedding
+
     sd = openai_state_dict(result["model"], torch.float16)
-    path.write_bytes(save_bytes(sd, metadata={"format": "openai-clip", "name": "tiny-synthetic"}))
+    # only the token-embedding rows seen in training are stored; load_clip expands them back
+    path.write_bytes(save_bytes(compact_token_embedding(sd), metadata={"format": "openai-clip", "name": "tiny-synthetic"}))
     meta = {
         "name": "tiny-synthetic",
         "file": path.name,

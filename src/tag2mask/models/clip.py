@@ -50,6 +50,33 @@ def _read_safetensors(path: os.PathLike[str]) -> dict[str, torch.Tensor]:
         ) from e
     if not state_dict:
         raise Tag2MaskError(f"CLIP weight file {path} holds no tensors.")
+    return expand_token_embedding(state_dict)
+
+
+SPARSE_ROWS, SPARSE_VALUES, SPARSE_SHAPE = (
+    "token_embedding.sparse_rows", "token_embedding.sparse_values", "token_embedding.sparse_shape"
+)
+
+
+def compact_token_embedding(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Store only the non-zero rows of ``token_embedding.weight`` (a small model trained on a few words leaves
+    most of the 49,408 rows zero); :func:`expand_token_embedding` restores the full matrix on load."""
+    out = dict(state_dict)
+    weight = out.pop("token_embedding.weight")
+    rows = weight.abs().sum(dim=1).nonzero().flatten()
+    out[SPARSE_ROWS], out[SPARSE_VALUES] = rows.to(torch.int64), weight[rows].contiguous()
+    out[SPARSE_SHAPE] = torch.tensor(weight.shape, dtype=torch.int64)
+    return out
+
+
+def expand_token_embedding(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Undo :func:`compact_token_embedding` (a no-op for ordinary state dicts)."""
+    if SPARSE_ROWS not in state_dict:
+        return state_dict
+    rows, values = state_dict.pop(SPARSE_ROWS), state_dict.pop(SPARSE_VALUES)
+    weight = values.new_zeros(tuple(int(v) for v in state_dict.pop(SPARSE_SHAPE)))
+    weight[rows] = values
+    state_dict["token_embedding.weight"] = weight
     return state_dict
 
 
