@@ -52,9 +52,9 @@ def test_config_show_prints_the_resolved_yaml(capsys: pytest.CaptureFixture[str]
     assert shown.superpixels.pred_iou_thresh == 0.86 and shown.train.cls.max_iter == 1800
 
 
-def test_config_errors_are_one_line_exit_1() -> None:
+def test_config_errors_are_one_line_exit_2() -> None:
     r = _run("config", "show", "voc", "seeds.bg_power=0.7")
-    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == (
         "tag2mask config: error: unknown config key 'seeds.bg_power' in seeds; "
         "did you mean seeds.coarse.bg_power or seeds.fine.bg_power?"
@@ -67,3 +67,17 @@ def test_config_hashes_and_keys(capsys: pytest.CaptureFixture[str]) -> None:
     assert [line.split()[0] for line in lines][:2] == ["superpixels", "train_cls"] and len(lines) == 7
     assert main(["config", "keys", "--prefix", "seeds.fine."]) == 0
     assert "seeds.fine.bg_power" in capsys.readouterr().out.split()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["superpixels", "--preset", "voc", "data.root=/nonexistent/VOC2012"], "VOC root folder not found"),
+        (["run", "--preset", "voc", "--run-dir", "/tmp/t2m-never", "seeds.bg_power=0.7"], "unknown config key"),
+        (["evaluate", "--preset", "nopreset", "--pred", "x"], "unknown preset 'nopreset'"),
+    ],
+)
+def test_bad_command_line_input_is_one_line_and_exit_2(args: list[str], fragment: str) -> None:
+    r = _run(*args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and fragment in r.stderr

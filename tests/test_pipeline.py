@@ -57,7 +57,7 @@ def test_segment_any_image_with_a_finished_run(finished: tuple[Path, str], overr
     mask = read_label_png(tmp_path / f"{image.stem}.png")
     assert mask.shape == (48, 64) and set(np.unique(mask)) <= {0, 1, 2}  # circle = 1, square = 2
     assert (tmp_path / f"{image.stem}_overlay.png").is_file()
-    assert main(["segment", str(image), "--classes", "circle,dog", "--run", str(run_dir)]) == 1
+    assert main(["segment", str(image), "--classes", "circle,dog", "--run", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "'dog' not among the 5 classes this run was trained for: circle, square, triangle, ring, cross" in err
 

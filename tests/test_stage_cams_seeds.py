@@ -73,7 +73,7 @@ def test_cams_stage_writes_refined_and_raw_cams(env: dict, capsys: pytest.Captur
 
 
 def test_cams_without_weights_is_a_clear_error(env: dict, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["cams", "--run", str(env["run"]), "--task", "seg"]) == 1
+    assert main(["cams", "--run", str(env["run"]), "--task", "seg"]) == 2
     err = capsys.readouterr().err
     assert "prompt weights for the seg task not found" in err and "tag2mask train --task seg" in err
 
@@ -94,7 +94,7 @@ def test_external_cams_are_imported(env: dict, tmp_path: Path, capsys: pytest.Ca
     bad = tmp_path / "bad"
     save_npz(bad / f"{ds.ids[0]}.npz", cam=np.zeros((3, 2, 2), np.float32), fg_cls=np.array([0]))
     assert main(["cams", "--preset", "demo", "--run", str(tmp_path / "run2"), "--task", "seg", "--external",
-                 str(bad), *env["overrides"]]) == 1
+                 str(bad), *env["overrides"]]) == 2
     assert "P×h×w with P = len(fg_cls) = 1" in capsys.readouterr().err
 
 
@@ -141,5 +141,5 @@ def test_evaluate_a_folder_without_a_run(env: dict, tmp_path: Path, capsys: pyte
     assert main(["evaluate", "--preset", "demo", f"data.root={env['root']}", "--pred", str(tmp_path / "pred")]) == 0
     assert "mIoU 100.00 %" in capsys.readouterr().out
     (tmp_path / "pred" / f"{ds.ids[0]}.png").unlink()
-    assert main(["evaluate", "--preset", "demo", f"data.root={env['root']}", "--pred", str(tmp_path / "pred")]) == 1
+    assert main(["evaluate", "--preset", "demo", f"data.root={env['root']}", "--pred", str(tmp_path / "pred")]) == 2
     assert "is missing" in capsys.readouterr().err

@@ -485,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Tag2MaskError as e:
         print(f"tag2mask {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print(f"tag2mask {args.command}: interrupted; finished work is kept, run the same command to resume",
               file=sys.stderr)
