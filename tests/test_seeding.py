@@ -651,14 +651,14 @@ def test_resize_does_not_depend_on_the_thread_count() -> None:
     np.testing.assert_array_equal(out[0][1], out[1][1])
 
 
-def test_index_pickles_without_its_cache() -> None:
-    import pickle
+def test_index_copies_without_its_cache() -> None:
+    import copy
 
     cam, fg, masks, levels = _random_case(7)
     index = precompute_superpixels(masks, levels)
     ref = sams_seed(cam, fg, None, None, 0.7, precomputed=index)  # fills the cache
     assert index._cache
-    back = pickle.loads(pickle.dumps(index))
+    back = copy.deepcopy(index)  # the state protocol that worker processes also use
     assert not back._cache
     np.testing.assert_array_equal(sams_seed(cam, fg, None, None, 0.7, precomputed=back), ref)
 
