@@ -156,6 +156,8 @@ def test_stage_hashes_change_only_downstream() -> None:
                                                       "seeds_fine"]
     runtime = stage_hashes(load_config("voc", ["runtime.num_workers=1"]))
     assert runtime == base
+    neutral = stage_hashes(load_config("voc", ["train.cls.resume_every=7", "superpixels.points_per_batch=16"]))
+    assert neutral == base  # memory and bookkeeping settings never invalidate results
 
 
 def test_superpixel_pattern_override_loads_its_values() -> None:

@@ -517,5 +517,15 @@ def stage_hashes(config: Config) -> dict[str, str]:
         parents = [out[upstream]] if upstream else []
         if stage.startswith("seeds_"):
             parents.append(out["superpixels"])
-        out[stage] = config_hash({s: _value_at(config, s) for s in sections}, *parents)
+        out[stage] = config_hash(_drop_neutral({s: _plain(_value_at(config, s)) for s in sections}), *parents)
     return out
+
+
+# Keys that never change results (memory, bookkeeping): left out of the stage hashes.
+RESULT_NEUTRAL_KEYS = frozenset({"resume_every", "points_per_batch"})
+
+
+def _drop_neutral(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _drop_neutral(v) for k, v in tree.items() if k not in RESULT_NEUTRAL_KEYS}
+    return tree

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tag2mask.config import Config, config_hash
+from tag2mask.config import RESULT_NEUTRAL_KEYS, Config, config_hash
 from tag2mask.errors import DataError, NotBuiltError
 from tag2mask.io import write_json
 from tag2mask.stages.common import cache_dir, log, open_split, progress, resolve_device
@@ -69,7 +69,7 @@ def superpixels_key(config: Config, split: str, import_dir: str | Path | None = 
             "source": sp.source,
             "sam_type": config.models.sam_type,
             "sam": config.models.sam,
-            "params": generator_params(config),
+            "params": {k: v for k, v in generator_params(config).items() if k not in RESULT_NEUTRAL_KEYS},
         }
     )
 
