@@ -179,28 +179,39 @@ def _load(args: argparse.Namespace):  # -> tuple[Config, RunDir | None]
 
 def _cmd_superpixels(args: argparse.Namespace) -> int:
     from tag2mask.config import stage_hashes
-    from tag2mask.stages.common import worker_shard
+    from tag2mask.stages.common import barrier, begin_shared_stage
     from tag2mask.stages.superpixels import run_superpixels, superpixels_dir
 
     if args.import_dir:
         args.overrides = [*args.overrides, f"superpixels.import_dir={Path(args.import_dir).expanduser().resolve()}"]
     config, run = _load(args)
     split = args.split or config.data.train_split
-    rank, world = worker_shard(args.shard)
+    rank, world = _ranks(args, config)
     stage = f"superpixels_{split}"
     folder = superpixels_dir(config, split)
     if run is not None:
         inputs = {"split": split, "folder": str(folder)}
         if args.import_dir:
             inputs["import"] = str(Path(args.import_dir).expanduser().resolve())
-        run.begin_stage(stage, stage_hashes(config)["superpixels"], inputs=inputs)
+        begin_shared_stage(run, stage, stage_hashes(config)["superpixels"], inputs, rank)
     result = run_superpixels(config, split, rank=rank, world_size=world, limit=args.limit)
     print(f"superpixels: {result.done}/{result.total} images of {split} in {result.folder} "
           f"({result.computed} {'imported' if args.import_dir else 'computed'} now, {result.seconds:.1f} s"
           + (f", {result.skipped} skipped: no annotations" if result.skipped else "") + ")")
-    if run is not None and result.complete:
+    if world > 1 and not args.shard:
+        barrier()
+        if rank == 0:  # every rank is done: recount (and finish anything a rank left)
+            result = run_superpixels(config, split, limit=args.limit, show_progress=False)
+    if run is not None and rank == 0 and result.complete:
         run.end_stage(stage, {"images": result.total, "computed": result.computed}, result.seconds)
     return 0
+
+
+def _ranks(args: argparse.Namespace, config) -> tuple[int, int]:  # noqa: ANN001
+    """``--shard i/n`` (independent processes), else torchrun's ranks (joining its process group), else (0, 1)."""
+    from tag2mask.stages.common import join_process_group, worker_shard
+
+    return worker_shard(args.shard) if args.shard else join_process_group(config)
 
 
 def _add_task_args(p: argparse.ArgumentParser) -> None:
@@ -213,40 +224,47 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
 def _cmd_cams(args: argparse.Namespace) -> int:
     from tag2mask.config import stage_hashes
     from tag2mask.stages.cams import run_cams
-    from tag2mask.stages.common import context_path, worker_shard
+    from tag2mask.stages.common import barrier, begin_shared_stage, context_path
 
     config, run = _load(args)
     split = args.split or config.data.train_split
-    rank, world = worker_shard(args.shard)
+    rank, world = _ranks(args, config)
     stage = f"cams_{args.task}"
     weights = Path(args.weights) if args.weights else context_path(
         run.path, args.task, getattr(config.train, args.task).checkpoint)
     inputs = {"split": split, "external": args.external} if args.external else {"split": split, "weights": str(weights)}
-    out = run.begin_stage(stage, stage_hashes(config)[stage], inputs=inputs)
-    result = run_cams(config, args.task, split, out, context=weights,
-                      external=Path(args.external) if args.external else None,
+    out = begin_shared_stage(run, stage, stage_hashes(config)[stage], inputs, rank)
+    external = Path(args.external) if args.external else None
+    result = run_cams(config, args.task, split, out, context=weights, external=external,
                       rank=rank, world_size=world, limit=args.limit)
     print(f"cams {args.task}: {result.done}/{result.total} labelled images of {split} in {result.folder} "
           f"({result.computed} computed now, {result.seconds:.1f} s)")
-    if result.complete:
+    if world > 1 and not args.shard:
+        barrier()
+        if rank == 0:  # every rank is done: recount (and finish anything a rank left)
+            result = run_cams(config, args.task, split, out, context=weights, external=external, limit=args.limit,
+                              show_progress=False)
+    if rank == 0 and result.complete:
         run.end_stage(stage, {"images": result.total, "computed": result.computed}, result.seconds)
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from tag2mask.config import stage_hashes
+    from tag2mask.stages.common import begin_shared_stage, join_process_group
     from tag2mask.stages.train import run_train
 
     config, run = _load(args)
+    rank, _ = join_process_group(config)
     stage = f"train_{args.task}"
     h = stage_hashes(config)[stage]
-    out = run.begin_stage(stage, h, inputs={"split": config.data.train_split, "seeds": args.seeds})
+    out = begin_shared_stage(run, stage, h, {"split": config.data.train_split, "seeds": args.seeds}, rank)
     result = run_train(config, args.task, run.path, out, h, seeds_dir=Path(args.seeds) if args.seeds else None,
                        max_iter=args.max_iter)
     cfg = getattr(config.train, args.task)
     print(f"train {args.task}: iterations {result.resumed_from}..{result.iterations} of {cfg.max_iter} "
           f"({result.seconds:.1f} s), last loss {result.last_loss:.4g}")
-    if result.iterations == cfg.max_iter:
+    if result.iterations == cfg.max_iter and rank == 0:
         print(f"prompt context: {result.final_context}")
         run.end_stage(stage, {"iterations": cfg.max_iter}, result.seconds)
     return 0
@@ -254,19 +272,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_seeds(args: argparse.Namespace) -> int:
     from tag2mask.config import stage_hashes
-    from tag2mask.stages.common import worker_shard
+    from tag2mask.stages.common import barrier, begin_shared_stage
     from tag2mask.stages.seeds import SEEDS_OF_TASK, run_seeds
 
     config, run = _load(args)
     split = args.split or config.data.train_split
-    rank, world = worker_shard(args.shard)
+    rank, world = _ranks(args, config)
     stage = f"seeds_{SEEDS_OF_TASK[args.task]}"
     cams_dir = Path(args.cams) if args.cams else run.stage_dir(f"cams_{args.task}")
-    out = run.begin_stage(stage, stage_hashes(config)[stage], inputs={"split": split, "cams": str(cams_dir)})
+    out = begin_shared_stage(run, stage, stage_hashes(config)[stage], {"split": split, "cams": str(cams_dir)}, rank)
     result = run_seeds(config, args.task, split, cams_dir, out, rank=rank, world_size=world, limit=args.limit)
     print(f"seeds {SEEDS_OF_TASK[args.task]}: {result.done}/{result.total} images of {split} in {result.folder} "
           f"({result.computed} computed now, {result.seconds:.1f} s)")
-    if result.complete:
+    if world > 1 and not args.shard:
+        barrier()
+        if rank == 0:  # every rank is done: recount (and finish anything a rank left)
+            result = run_seeds(config, args.task, split, cams_dir, out, limit=args.limit, show_progress=False)
+    if rank == 0 and result.complete:
         run.end_stage(stage, {"images": result.total, "computed": result.computed}, result.seconds)
     return 0
 

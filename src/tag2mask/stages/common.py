@@ -117,3 +117,40 @@ def context_path(run_path: Path, task: str, checkpoint: int | str = "final") -> 
     """Where prompt training of ``task`` saves its context at ``checkpoint`` (``"final"`` or an iteration)."""
     name = "final" if checkpoint == "final" else f"iter_{int(checkpoint):06d}"
     return Path(run_path) / f"train_{task}" / f"ctx_{name}.safetensors"
+
+
+# -- stages shared by several processes ----------------------------------------------------------------------------
+
+
+def join_process_group(config: Config) -> tuple[int, int]:
+    """Under torchrun, join the process group (NCCL on GPUs, Gloo on CPUs); returns ``(rank, world_size)``."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        device = resolve_device(config.runtime.device)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op outside a process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def begin_shared_stage(run: Any, stage: str, config_hash: str, inputs: dict[str, Any], rank: int) -> Path:
+    """Rank 0 prepares the stage folder (clearing results of another config) while the other ranks wait."""
+    if rank == 0:
+        run.begin_stage(stage, config_hash, inputs)
+    barrier()
+    return run.stage_dir(stage)
+
+
+def end_shared_stage(run: Any, stage: str, counts: dict[str, int], seconds: float, complete: bool, rank: int) -> None:
+    """After every rank has finished its share, rank 0 marks the stage done when nothing is missing."""
+    barrier()
+    if rank == 0 and complete:
+        run.end_stage(stage, counts, seconds)

@@ -10,7 +10,6 @@ shards its images over the ranks and prompt training runs data-parallel; rank 0 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 from tag2mask.config import Config, stage_hashes
 from tag2mask.errors import Tag2MaskError
 from tag2mask.io import write_json
-from tag2mask.stages.common import context_path, log, open_split, resolve_device
+from tag2mask.stages.common import barrier, context_path, join_process_group, log, open_split, resolve_device
 from tag2mask.stages.rundir import RunDir
 
 STEPS = ("superpixels", "train_cls", "cams_cls", "seeds_coarse", "train_seg", "cams_seg", "seeds_fine", "evaluate")
@@ -32,13 +31,6 @@ class PipelineResult:
     seconds: dict[str, float] = field(default_factory=dict)  # this call's time per stage (0 when skipped)
     skipped: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def run_pipeline(
@@ -53,13 +45,13 @@ def run_pipeline(
     from tag2mask.stages.cams import run_cams
     from tag2mask.stages.seeds import run_seeds
     from tag2mask.stages.superpixels import run_superpixels, superpixels_dir
-    from tag2mask.stages.train import init_distributed, run_train
+    from tag2mask.stages.train import run_train
 
     device = resolve_device(config.runtime.device)
-    rank, world = init_distributed(device) if int(os.environ.get("WORLD_SIZE", 1)) > 1 else (0, 1)
+    rank, world = join_process_group(config)
     lead = rank == 0
     run = RunDir.create(run_dir, config) if lead else RunDir(run_dir)
-    _barrier()
+    barrier()
     hashes = stage_hashes(config)
     split = config.data.train_split
     result = PipelineResult(run.path)
@@ -73,10 +65,10 @@ def run_pipeline(
             result.seconds[name] = 0.0
             return
         folder = run.begin_stage(name, hashes[name], inputs) if lead else run.stage_dir(name)
-        _barrier()
+        barrier()
         t0 = time.perf_counter()
         counts, complete = work(folder)
-        _barrier()
+        barrier()
         seconds = time.perf_counter() - t0
         result.seconds[name] = seconds
         if not complete:
@@ -124,7 +116,7 @@ def run_pipeline(
     step(7, "seeds_fine", {"split": split}, seeds("seg"))
     if lead:
         result.metrics = evaluate_run(config, run, limit=limit, say=out)
-    _barrier()
+    barrier()
     return result
 
 

@@ -8,22 +8,18 @@ initialised here (NCCL on GPUs, Gloo on CPUs) and every rank trains on its slice
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from tag2mask.config import Config
-from tag2mask.stages.common import build_prompt_learner, context_path, log, open_split, resolve_device
+from tag2mask.stages.common import (
+    build_prompt_learner,
+    context_path,
+    join_process_group,
+    log,
+    open_split,
+    resolve_device,
+)
 from tag2mask.train.loop import TrainResult, train_prompts
-
-
-def init_distributed(device: str) -> tuple[int, int]:
-    """Initialise torch.distributed when launched by torchrun; returns ``(rank, world_size)``."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
 def run_train(
@@ -43,7 +39,7 @@ def run_train(
 
     cfg = getattr(config.train, task)
     device = resolve_device(config.runtime.device)
-    rank, world = init_distributed(device)
+    rank, world = join_process_group(config)
     dataset = open_split(config, config.data.train_split)
     clip = load_clip(config.models.clip, device=device)
     learner = build_prompt_learner(clip, config, task, dataset.class_names).to(device)
