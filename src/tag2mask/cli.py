@@ -329,28 +329,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _argmax_sweep(config, cams_dir: Path, split: str, limit: int | None) -> dict:  # noqa: ANN001
-    import numpy as np
-
-    from tag2mask.evaluate import sweep_bg_power
-    from tag2mask.stages.cams import load_cam_file
-    from tag2mask.stages.common import open_split
-
-    dataset = open_split(config, split)
-    ids = dataset.ids[:limit] if limit else dataset.ids
-
-    def cams():
-        for image_id in ids:
-            path = cams_dir / f"{image_id}.npz"
-            if path.is_file():
-                z = load_cam_file(path)
-                yield z["cam"], z["fg_cls"], tuple(int(v) for v in z["size"])
-            else:  # no positive label: an empty CAM gives an all-background seed
-                gt = dataset.load_mask(image_id)
-                yield np.zeros((0, 1, 1), np.float32), np.zeros(0, np.int64), gt.shape
+    from tag2mask.stages.evaluate import argmax_sweep
 
     powers = list(config.evaluate.argmax_bg_powers)
-    gts = (dataset.load_mask(i) for i in ids)
-    result = sweep_bg_power(cams(), gts, powers, dataset.num_classes + 1, config.evaluate.ignore_index)
+    result = argmax_sweep(config, cams_dir, split, limit)
     return {"tuned_on_ground_truth": f"bg exponent p searched among {powers} by GT mIoU on {split}",
             "miou": {str(p): v for p, v in result.items()}}
 

@@ -108,3 +108,29 @@ def all_background_miou(config: Config, split: str, limit: int | None = None) ->
         gt = dataset.load_mask(image_id)
         conf.update(np.zeros_like(gt), gt)
     return 100.0 * float(conf.miou())
+
+
+def argmax_sweep(config: Config, cams_dir: Path, split: str, limit: int | None = None) -> dict[float, float]:
+    """mIoU (0..1) of plain argmax seeds of the CAMs in ``cams_dir`` for every ``evaluate.argmax_bg_powers``.
+
+    The best power is chosen with ground truth: label the result so (SPEC §13 items 7–8). An image without a CAM
+    file (no positive label) counts as an all-background seed.
+    """
+    from tag2mask.evaluate import sweep_bg_power
+    from tag2mask.stages.cams import load_cam_file
+
+    dataset = open_split(config, split)
+    ids = dataset.ids[:limit] if limit else dataset.ids
+
+    def cams():
+        for image_id in ids:
+            path = Path(cams_dir) / f"{image_id}.npz"
+            if path.is_file():
+                z = load_cam_file(path)
+                yield z["cam"], z["fg_cls"], tuple(int(v) for v in z["size"])
+            else:
+                yield np.zeros((0, 1, 1), np.float32), np.zeros(0, np.int64), dataset.load_mask(image_id).shape
+
+    gts = (dataset.load_mask(i) for i in ids)
+    return sweep_bg_power(cams(), gts, list(config.evaluate.argmax_bg_powers), dataset.num_classes + 1,
+                          config.evaluate.ignore_index)

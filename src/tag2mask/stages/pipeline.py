@@ -126,9 +126,7 @@ def evaluate_run(config: Config, run: RunDir, *, limit: int | None = None, say: 
     Writes ``RUN/metrics.json`` and ``RUN/evaluate/*.json|md``. The argmax seeds are scored for every
     ``evaluate.argmax_bg_powers`` and the best is reported, labelled as tuned on ground truth.
     """
-    from tag2mask.evaluate import sweep_bg_power
-    from tag2mask.stages.cams import load_cam_file
-    from tag2mask.stages.evaluate import all_background_miou, miou_percent, run_evaluate, write_report
+    from tag2mask.stages.evaluate import all_background_miou, argmax_sweep, miou_percent, run_evaluate, write_report
 
     split = config.data.eval_split
     label = f"[{len(STEPS)}/{len(STEPS)}] evaluate"
@@ -148,19 +146,7 @@ def evaluate_run(config: Config, run: RunDir, *, limit: int | None = None, say: 
         metrics.setdefault("protocol", report["protocol"]["description"])
     powers = list(config.evaluate.argmax_bg_powers)
     for task in ("cls", "seg"):
-        def cams(task: str = task):
-            import numpy as np
-
-            for image_id in ids:
-                path = run.stage_dir(f"cams_{task}") / f"{image_id}.npz"
-                if path.is_file():
-                    z = load_cam_file(path)
-                    yield z["cam"], z["fg_cls"], tuple(int(v) for v in z["size"])
-                else:
-                    yield np.zeros((0, 1, 1), np.float32), np.zeros(0, np.int64), dataset.load_mask(image_id).shape
-
-        sweep = sweep_bg_power(cams(), (dataset.load_mask(i) for i in ids), powers, dataset.num_classes + 1,
-                               config.evaluate.ignore_index)
+        sweep = argmax_sweep(config, run.stage_dir(f"cams_{task}"), split, limit)
         best = max(sweep, key=lambda p: sweep[p])
         metrics[f"argmax_{task}"] = {"miou": 100.0 * sweep[best], "bg_power": best,
                                      "tuned_on_ground_truth": f"p chosen among {powers} by GT mIoU on {split}",
