@@ -16,13 +16,6 @@ from tag2mask import __version__
 from tag2mask.errors import NotBuiltError, Tag2MaskError
 
 # Stages that later versions fill in: name -> (help line, what it will do).
-_NOT_BUILT: dict[str, str] = {
-    "train-seg": "stage II: train a segmentation network (DeepLabV3+, Mask2Former) on the fine seeds",
-    "predict": "stage II: per-image class probabilities of a trained segmentation network",
-    "refine": "stage II: refine any network's probabilities with SAMS or dense CRF",
-}
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tag2mask",
@@ -32,10 +25,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"tag2mask {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-
-    for name, help_text in _NOT_BUILT.items():
-        sp = sub.add_parser(name, help=help_text, description=help_text + " (not built yet in this version)")
-        sp.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     sp = sub.add_parser(
         "superpixels",
@@ -102,6 +91,78 @@ def _parser() -> argparse.ArgumentParser:
                     help="also score plain argmax seeds of the run's CAMs for each evaluate.argmax_bg_powers "
                     "(labelled as tuned on ground truth)")
     ev.add_argument("--limit", type=int, help="only the first N images of the split")
+
+    ts = sub.add_parser(
+        "train-seg",
+        help="stage II: train DeepLabV3+ or Mask2Former on the run's fine seeds",
+        description="Train an off-the-shelf segmentation network on the fine seeds (SPEC §11, App. G): "
+        "DeepLabV3+ (segmentation-models-pytorch, ResNet-101, batch 16, SGD + poly) or Mask2Former (transformers, "
+        "Swin-B/L, batch 4, AdamW + poly), 512 crops, 120 epochs on VOC / 32 on COCO. Writes RUN/stage2/<name>/ "
+        "(checkpoints, metrics.jsonl, val.jsonl, model.safetensors); resumes from its last saved state; "
+        "data-parallel under torchrun. Needs the extra: pip install -e \".[stage2]\".",
+    )
+    ts.add_argument("--run", "--run-dir", dest="run", required=True, metavar="RUN_DIR", help="a run with fine seeds")
+    ts.add_argument("--net", required=True, choices=("deeplabv3plus", "mask2former"), help="which network")
+    ts.add_argument("--backbone", help="resnet101 (default for deeplabv3plus), resnet50, ...; swin-b (default for "
+                    "mask2former), swin-l, swin-t")
+    ts.add_argument("--backbone-weights", metavar="FILE|none",
+                    help="ImageNet weights for the backbone: a file, a known name (tag2mask info), or none to train "
+                    "from scratch (default: the known file of the backbone, looked up in $TAG2MASK_WEIGHTS and the "
+                    "torch / Hugging Face caches)")
+    ts.add_argument("--labels", metavar="DIR", help="train on these label PNGs (<id>.png) instead of RUN/seeds_fine")
+    ts.add_argument("--name", help="output folder name under RUN/stage2 (default: the network)")
+    ts.add_argument("--stop-after", type=int, metavar="N", help="stop after N iterations (resume later)")
+    ts.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="recipe overrides (batch_size=8 epochs=60 lr=0.005 ...; 'tag2mask train-seg --net NET "
+                    "--run RUN show' prints them) and dotted config overrides (runtime.device=cuda:1)")
+
+    pr = sub.add_parser(
+        "predict",
+        help="stage II: class probabilities and label maps of a trained network on a split",
+        description="Per-image class probabilities (RUN/stage2/<name>/predictions_<split>/<id>.npz: float16, "
+        "background first, plus the classes kept) and palette PNGs; single scale by default. Evaluated against "
+        "the split's ground truth when it has one. Resumable and shardable.",
+    )
+    pr.add_argument("--checkpoint", required=True, metavar="PATH",
+                    help="RUN/stage2/<name> (final weights) or a file in it, e.g. checkpoints/iter_2000.safetensors")
+    pr.add_argument("--split", default="val", help="dataset split (default: %(default)s)")
+    pr.add_argument("--run", "--run-dir", dest="run", metavar="RUN_DIR", help="run folder (default: the checkpoint's)")
+    pr.add_argument("--out", metavar="DIR", help="output folder (default: RUN/stage2/<name>/predictions_<split>)")
+    pr.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
+    pr.add_argument("--scales", type=float, nargs="+", metavar="S", help="test scales, e.g. 0.75 1.0 1.25")
+    pr.add_argument("--classes", choices=("present", "all"), default="present",
+                    help="probability channels to keep: the classes that win somewhere (default, as the reference's "
+                    "loaders) or all")
+    pr.add_argument("--shard", metavar="i/n", help="process every n-th image starting at i (default: torchrun rank)")
+    pr.add_argument("--limit", type=int, help="only the first N images of the split")
+    pr.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. runtime.device=cpu)")
+
+    rf = sub.add_parser(
+        "refine",
+        help="stage II: refine a network's probabilities with SAMS (or dense CRF), App. Table S6",
+        description="SAMS refinement of predicted probabilities on the split's quasi-superpixels (SPEC §11.2: mean "
+        "probability per superpixel, background to the power alpha, priority painting) or dense CRF. alpha is "
+        "given (--alpha) or swept (--sweep), and a swept alpha is labelled as tuned on the ground truth of the "
+        "split (SPEC §13 item 9). Writes <predictions>_<method>/<id>.png and refine.json; evaluated when the "
+        "split has ground truth.",
+    )
+    rf.add_argument("--predictions", required=True, metavar="DIR", help="a predict output folder (<id>.npz)")
+    rf.add_argument("--method", choices=("sams", "crf"), default="sams", help="default: %(default)s")
+    group = rf.add_mutually_exclusive_group()
+    group.add_argument("--alpha", type=float, help="background exponent for SAMS (default 1)")
+    group.add_argument("--sweep", type=float, nargs="*", metavar="A",
+                       help="try these alphas, keep the best by ground-truth mIoU of the split (no values: the "
+                       "reference's grid, VOC 1..5, COCO 0.6..1.0)")
+    rf.add_argument("--uncovered", choices=("background", "argmax"), default="background",
+                    help="pixels no superpixel covers: background (reference) or the network's argmax")
+    rf.add_argument("--crf", default="deeplab_crf", metavar="NAME", help="dense-CRF parameter set (default: %(default)s)")
+    rf.add_argument("--split", help="dataset split of the predictions (default: read from the folder, else val)")
+    rf.add_argument("--run", "--run-dir", dest="run", metavar="RUN_DIR", help="run folder (default: the predictions')")
+    rf.add_argument("--superpixels", metavar="DIR", help="quasi-superpixel folder (default: the run's cache for the split)")
+    rf.add_argument("--out", metavar="DIR", help="output folder (default: <predictions>_<method>)")
+    rf.add_argument("--shard", metavar="i/n", help="process every n-th image starting at i (default: torchrun rank)")
+    rf.add_argument("--limit", type=int, help="only the first N images of the split")
+    rf.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. runtime.device=cpu)")
 
     run = sub.add_parser(
         "run",
@@ -306,7 +367,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         pred = run.stage_dir(name)
     else:
         raise Tag2MaskError("give --pred DIR (label PNGs) or --run RUN_DIR (its seeds)")
-    report = run_evaluate(config, pred, split, limit=args.limit)
+    tuned = None
+    if (pred / "refine.json").is_file():
+        from tag2mask.stages.evaluate import gt_tuned_choices
+        from tag2mask.stages.refine import tuned_on_gt_lines
+
+        tuned = [*gt_tuned_choices(config), *tuned_on_gt_lines(pred)]
+    report = run_evaluate(config, pred, split, tuned_on_gt=tuned, limit=args.limit)
     if args.sweep:
         if run is None:
             raise Tag2MaskError("--sweep scores the run's CAMs: give --run RUN_DIR")
@@ -335,6 +402,120 @@ def _argmax_sweep(config, cams_dir: Path, split: str, limit: int | None) -> dict
     result = argmax_sweep(config, cams_dir, split, limit)
     return {"tuned_on_ground_truth": f"bg exponent p searched among {powers} by GT mIoU on {split}",
             "miou": {str(p): v for p, v in result.items()}}
+
+
+def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
+    """``key=value`` items → (config overrides: dotted keys of a config section, recipe overrides: the rest)."""
+    from tag2mask.config import Config
+
+    sections = set(Config.__dataclass_fields__)
+    config_items = [o for o in items if "." in o.split("=", 1)[0] and o.split(".", 1)[0] in sections]
+    return config_items, [o for o in items if o not in config_items]
+
+
+def _run_of(path: Path, explicit: str | None, overrides: list[str]):  # -> tuple[Config, RunDir]
+    """The run folder given, else the first parent of ``path`` that is one; its config with ``overrides``."""
+    from tag2mask.config import load_config
+    from tag2mask.stages.rundir import RunDir
+
+    if explicit:
+        run = RunDir.open(explicit)
+    else:
+        found = next((p for p in [path, *path.resolve().parents] if (p / RunDir.CONFIG).is_file()), None)
+        if found is None:
+            raise Tag2MaskError(f"{path} is not inside a run folder: give --run RUN_DIR")
+        run = RunDir.open(found)
+    return load_config(run.path / RunDir.CONFIG, overrides), run
+
+
+def _evaluate_into(config, folder: Path, split: str, limit: int | None, tuned: list[str]) -> float | None:  # noqa: ANN001
+    """Evaluate ``folder``'s PNGs on ``split`` when it has ground truth; writes folder/evaluation.{json,md}."""
+    from tag2mask.stages.common import open_split
+    from tag2mask.stages.evaluate import gt_tuned_choices, miou_percent, run_evaluate, write_report
+
+    if not open_split(config, split).has_masks:
+        return None
+    report = run_evaluate(config, folder, split, tuned_on_gt=[*gt_tuned_choices(config), *tuned], limit=limit,
+                          show_progress=False)
+    write_report(report, folder / "evaluation")
+    return miou_percent(report)
+
+
+def _cmd_train_seg(args: argparse.Namespace) -> int:
+    from tag2mask.stages.train_seg import run_train_seg
+
+    config_items, recipe_items = _split_overrides(args.overrides)
+    if args.backbone:
+        recipe_items.append(f"backbone={args.backbone}")
+    if args.backbone_weights:
+        recipe_items.append(f"backbone_weights={args.backbone_weights}")
+    from tag2mask.stages.rundir import RunDir
+
+    config, run = _run_of(Path(args.run), args.run, config_items)
+    run = RunDir.create(run.path, config)  # records the config overrides (runtime.device=...) in config.yaml
+    result = run_train_seg(run, args.net, recipe_items, labels_dir=args.labels, name=args.name,
+                           stop_at=args.stop_after)
+    print(f"train-seg {args.name or args.net}: iterations {result.resumed_from}..{result.iterations} of "
+          f"{result.total_iterations} ({result.seconds:.1f} s), last loss {result.last_loss:.4g}")
+    if result.val:
+        cells = ", ".join(f"{v['miou']:.1f} (iteration {int(v['iter']) + 1})" for v in result.val)
+        print(f"validation mIoU: {cells}")
+    if result.iterations == result.total_iterations:
+        print(f"weights: {result.out_dir / 'model.safetensors'}; next: tag2mask predict --checkpoint {result.out_dir}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tag2mask.stages.predict import resolve_checkpoint, run_predict
+
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    config, _ = _run_of(checkpoint.folder, args.run, args.overrides)
+    rank, world = _ranks(args, config)
+    result = run_predict(config, checkpoint, args.split, Path(args.out) if args.out else None, flip=args.flip or None,
+                         scales=args.scales, classes=args.classes, limit=args.limit, rank=rank, world_size=world)
+    print(f"predict: {result.done}/{result.total} images of {args.split} in {result.folder} "
+          f"({result.computed} computed now, {result.seconds:.1f} s)")
+    if rank == 0 and result.complete and not args.shard:
+        miou = _evaluate_into(config, result.folder, args.split, args.limit, [])
+        if miou is not None:
+            print(f"mIoU {miou:.2f} % vs ground truth of {args.split} (report: {result.folder / 'evaluation.md'})")
+    return 0
+
+
+def _cmd_refine(args: argparse.Namespace) -> int:
+    from tag2mask.io import read_json
+    from tag2mask.stages.refine import SPEC_ALPHA_SWEEPS, run_refine, tuned_on_gt_lines
+
+    pred = Path(args.predictions)
+    if not pred.is_dir():
+        raise Tag2MaskError(f"predictions folder {pred} does not exist: run tag2mask predict first")
+    config, _ = _run_of(pred, args.run, args.overrides)
+    split = args.split or (pred.name.split("_")[1] if pred.name.startswith("predictions_") else "val")
+    sweep = args.sweep
+    if sweep is not None and not sweep:
+        sweep = list(SPEC_ALPHA_SWEEPS.get(config.data.dataset, SPEC_ALPHA_SWEEPS["voc"]))
+    out = Path(args.out) if args.out else pred.parent / f"{pred.name}_{args.method}"
+    rank, world = _ranks(args, config)
+    result = run_refine(config, pred, out, method=args.method, split=split, alpha=args.alpha, sweep=sweep,
+                        uncovered=args.uncovered, crf_params=args.crf,
+                        superpixels_dir=Path(args.superpixels) if args.superpixels else None,
+                        limit=args.limit, rank=rank, world_size=world)
+    print(f"refine {args.method}: {result.done}/{result.total} images of {split} in {result.folder} "
+          f"({result.computed} computed now, {result.seconds:.1f} s)" + (
+              f", alpha {result.alpha:g}" if result.alpha is not None else ""))
+    if result.sweep:
+        cells = ", ".join(f"{a:g}: {100 * v:.2f}" for a, v in result.sweep.items())
+        print(f"alpha sweep (mIoU %, tuned on the ground truth of {split}: not a held-out number): {cells}")
+    if rank == 0 and result.complete and not args.shard:
+        miou = _evaluate_into(config, result.folder, split, args.limit, tuned_on_gt_lines(result.folder))
+        if miou is not None:
+            before = pred / "evaluation.json"
+            gain = ""
+            if before.is_file():
+                base = 100.0 * read_json(before)["miou"]
+                gain = f" (network alone {base:.2f} %, {miou - base:+.2f})"
+            print(f"mIoU {miou:.2f} % vs ground truth of {split}{gain} (report: {result.folder / 'evaluation.md'})")
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -470,18 +651,15 @@ def _read_metrics(run_dir: Path) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command not in _NOT_BUILT:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     try:
-        if args.command in _NOT_BUILT:
-            raise NotBuiltError(f"'{args.command}' is not built yet in tag2mask {__version__} (see README, Status)")
         handlers = {"config": _cmd_config, "info": _cmd_info, "demo": _cmd_demo, "superpixels": _cmd_superpixels,
                     "cams": _cmd_cams, "seeds": _cmd_seeds, "train": _cmd_train, "evaluate": _cmd_evaluate,
-                    "run": _cmd_run, "segment": _cmd_segment, "report": _cmd_report}
+                    "run": _cmd_run, "segment": _cmd_segment, "report": _cmd_report, "train-seg": _cmd_train_seg,
+                    "predict": _cmd_predict, "refine": _cmd_refine}
         handler = handlers[args.command]
         return handler(args)
     except NotBuiltError as e:

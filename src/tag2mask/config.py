@@ -424,6 +424,14 @@ def load_config(preset: str | Path = "voc", overrides: list[str] | tuple[str, ..
     return config
 
 
+def apply_overrides(node: Any, overrides: list[str] | tuple[str, ...], prefix: str = "") -> Any:
+    """Apply ``key=value`` overrides to any config dataclass ``node`` in place (types checked) and return it."""
+    for item in overrides:
+        key, value = parse_override(item)
+        _update(node, _nest(key, value), prefix)
+    return node
+
+
 def _apply_superpixel_preset(config: Config, name: Any) -> None:
     """``superpixels.preset=NAME`` loads that generator pattern's values into the other ``superpixels`` keys."""
     from tag2mask.superpixels.presets import PRESETS as SP_PRESETS

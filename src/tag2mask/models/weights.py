@@ -21,7 +21,7 @@ from typing import Literal
 
 from tag2mask.errors import MissingWeightsError
 
-WeightKind = Literal["clip", "sam"]
+WeightKind = Literal["clip", "sam", "backbone"]
 
 ENV_VAR = "TAG2MASK_WEIGHTS"
 DEFAULT_WEIGHTS_DIR = Path("~") / ".cache" / "tag2mask" / "weights"
@@ -36,10 +36,16 @@ class WeightFile:
     filename: str
     url: str
     source: str
+    cache: Literal["", "torch", "hf"] = ""
+    """A library cache that may already hold the file: torch hub's ``checkpoints`` folder (same file name) or
+    the Hugging Face hub cache (``hub_repo``'s ``model.safetensors`` or ``pytorch_model.bin``)."""
+    hub_repo: str = ""
 
 
 _OPENAI = "https://openaipublic.azureedge.net/clip/models"
 _META = "https://dl.fbaipublicfiles.com/segment_anything"
+_TORCHVISION = "https://download.pytorch.org/models"
+_HF = "https://huggingface.co"
 
 # The OpenAI addresses are the ones OpenAI's `clip` package and open_clip's `pretrained.py` list; the long hex
 # folder name is the file's SHA-256.
@@ -75,9 +81,30 @@ KNOWN_WEIGHTS: tuple[WeightFile, ...] = (
     WeightFile("vit_h", "sam", "sam_vit_h_4b8939.pth", f"{_META}/sam_vit_h_4b8939.pth", "Meta Segment Anything"),
     WeightFile("vit_l", "sam", "sam_vit_l_0b3195.pth", f"{_META}/sam_vit_l_0b3195.pth", "Meta Segment Anything"),
     WeightFile("vit_b", "sam", "sam_vit_b_01ec64.pth", f"{_META}/sam_vit_b_01ec64.pth", "Meta Segment Anything"),
+    # Stage-II backbones (ImageNet pre-training). ResNets: torchvision's IMAGENET1K_V1 files, the ones
+    # torchvision.models.resnet*(weights="IMAGENET1K_V1") downloads into torch hub's cache. Swin: Microsoft's
+    # Hugging Face checkpoints at window 12 / 384 px, the variants MMSegmentation's Mask2Former configs start from.
+    WeightFile("resnet101", "backbone", "resnet101-63fe2227.pth", f"{_TORCHVISION}/resnet101-63fe2227.pth",
+               "torchvision ImageNet-1k", cache="torch"),
+    WeightFile("resnet50", "backbone", "resnet50-0676ba61.pth", f"{_TORCHVISION}/resnet50-0676ba61.pth",
+               "torchvision ImageNet-1k", cache="torch"),
+    WeightFile("resnet18", "backbone", "resnet18-f37072fd.pth", f"{_TORCHVISION}/resnet18-f37072fd.pth",
+               "torchvision ImageNet-1k", cache="torch"),
+    WeightFile("swin-b", "backbone", "swin-base-patch4-window12-384.safetensors",
+               f"{_HF}/microsoft/swin-base-patch4-window12-384/resolve/main/model.safetensors",
+               "Microsoft Swin-B ImageNet-1k (Hugging Face)", cache="hf",
+               hub_repo="microsoft/swin-base-patch4-window12-384"),
+    WeightFile("swin-b-in22k", "backbone", "swin-base-patch4-window12-384-in22k.safetensors",
+               f"{_HF}/microsoft/swin-base-patch4-window12-384-in22k/resolve/main/model.safetensors",
+               "Microsoft Swin-B ImageNet-21k (Hugging Face)", cache="hf",
+               hub_repo="microsoft/swin-base-patch4-window12-384-in22k"),
+    WeightFile("swin-l-in22k", "backbone", "swin-large-patch4-window12-384-in22k.safetensors",
+               f"{_HF}/microsoft/swin-large-patch4-window12-384-in22k/resolve/main/model.safetensors",
+               "Microsoft Swin-L ImageNet-21k (Hugging Face)", cache="hf",
+               hub_repo="microsoft/swin-large-patch4-window12-384-in22k"),
 )
 
-_KIND_LABEL = {"clip": "CLIP", "sam": "SAM"}
+_KIND_LABEL = {"clip": "CLIP", "sam": "SAM", "backbone": "backbone"}
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 """Where the packaged weight files live (shipped in the wheel as package data)."""
@@ -158,7 +185,7 @@ def resolve_weight(name_or_path: str | os.PathLike[str], kind: WeightKind = "cli
             the known names.
     """
     if kind not in _KIND_LABEL:
-        raise ValueError(f"kind must be 'clip' or 'sam', not {kind!r}")
+        raise ValueError(f"kind must be one of {', '.join(_KIND_LABEL)}, not {kind!r}")
     label = _KIND_LABEL[kind]
     path = Path(name_or_path).expanduser()
     if path.is_file():
@@ -185,13 +212,53 @@ def resolve_weight(name_or_path: str | os.PathLike[str], kind: WeightKind = "cli
     found = folder / w.filename
     if found.is_file():
         return found
+    cached = library_cache_file(w)
+    if cached is not None:
+        return cached
+    caches = {"torch": f" or torch hub's cache ({torch_hub_checkpoints()})",
+              "hf": f" or the Hugging Face cache ({hf_hub_cache()}, repository {w.hub_repo})"}.get(w.cache, "")
     raise MissingWeightsError(
         f"{label} weights {w.name!r} not found: no file {w.filename} in {folder} "
-        f"(the weights folder: ${ENV_VAR} if set, else {DEFAULT_WEIGHTS_DIR}).\n"
+        f"(the weights folder: ${ENV_VAR} if set, else {DEFAULT_WEIGHTS_DIR}){caches}.\n"
         f"Download the official {w.source} file from {w.url}, e.g.:\n"
         f"{download_hint(w, folder)}\n"
         f"or set {ENV_VAR} to the folder that holds {w.filename}, or pass the file's path instead of the name."
     )
+
+
+def torch_hub_checkpoints() -> Path:
+    """torch hub's download folder (``$TORCH_HOME/hub/checkpoints``), found without importing torch."""
+    home = os.environ.get("TORCH_HOME", "").strip()
+    if not home:
+        xdg = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path("~") / ".cache")
+        home = str(Path(xdg) / "torch")
+    return Path(home).expanduser() / "hub" / "checkpoints"
+
+
+def hf_hub_cache() -> Path:
+    """The Hugging Face hub cache folder (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``)."""
+    cache = os.environ.get("HF_HUB_CACHE", "").strip()
+    if cache:
+        return Path(cache).expanduser()
+    home = os.environ.get("HF_HOME", "").strip()
+    if home:
+        return Path(home).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path("~") / ".cache")
+    return Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def library_cache_file(w: WeightFile) -> Path | None:
+    """``w``'s file in the library cache its entry names (torch hub or Hugging Face hub), or None. Never downloads."""
+    if w.cache == "torch":
+        path = torch_hub_checkpoints() / w.filename
+        return path if path.is_file() else None
+    if w.cache == "hf" and w.hub_repo:
+        snapshots = hf_hub_cache() / f"models--{w.hub_repo.replace('/', '--')}" / "snapshots"
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            hits = sorted(snapshots.glob(f"*/{name}"))
+            if hits:
+                return hits[-1]
+    return None
 
 
 def find_weights() -> list[tuple[str, str, Path | None]]:
@@ -200,5 +267,5 @@ def find_weights() -> list[tuple[str, str, Path | None]]:
     rows: list[tuple[str, str, Path | None]] = []
     for w in KNOWN_WEIGHTS:
         p = folder / w.filename
-        rows.append((w.name, w.filename, p if p.is_file() else None))
+        rows.append((w.name, w.filename, p if p.is_file() else library_cache_file(w)))
     return rows

@@ -177,7 +177,7 @@ def _load_resume(out_dir: Path, params: list[nn.Parameter], optimizer: torch.opt
     return int(meta["iteration"])
 
 
-def _truncate_metrics(path: Path, upto: int) -> None:
+def truncate_metrics(path: Path, upto: int) -> None:
     """Drop metric lines of iterations ``>= upto`` (they will be redone after a resume)."""
     if not path.exists():
         return
@@ -247,7 +247,7 @@ def train_prompts(
     start = _load_resume(out_dir, params, optimizer, scaler, config_hash)
     metrics = out_dir / "metrics.jsonl"
     if rank == 0:
-        _truncate_metrics(metrics, start)
+        truncate_metrics(metrics, start)
     stop = min(cfg.max_iter, max_iter if max_iter is not None else cfg.max_iter)
     saves = checkpoint_iterations(cfg)
 

@@ -1,0 +1,117 @@
+"""DeepLabV3+ from segmentation-models-pytorch behind the :class:`~tag2mask.segmenters.base.Segmenter` interface.
+
+The network is smp's ``DeepLabV3Plus`` (ASPP with rates 12/24/36, separable convolutions, 4× decoder upsampling)
+on a ResNet encoder, built without downloading anything (``encoder_weights=None``). ImageNet weights for the
+encoder come from torchvision's own ResNet files (``resnet101-63fe2227.pth`` …), found by
+:func:`tag2mask.models.weights.resolve_weight` in the tag2mask weights folder or torch hub's cache; smp's ResNet
+encoders are torchvision ResNets, so the file loads key for key (its ``fc`` classifier is dropped).
+
+Loss: pixel cross-entropy with ``ignore_index=255``, averaged over the labelled pixels (MMSeg's decode-head loss).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tag2mask.errors import Tag2MaskError
+from tag2mask.segmenters.base import IGNORE_INDEX, Segmenter
+
+STAGE2_MISSING = 'stage II needs the optional extra: pip install -e ".[stage2]" (segmentation-models-pytorch, transformers)'
+
+
+def _smp() -> Any:
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError:
+        raise Tag2MaskError(STAGE2_MISSING) from None
+    return smp
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A weight file's tensors: safetensors, or a torch file read with ``weights_only=True`` (never unpickled code).
+
+    A torch file that wraps the weights (``{"state_dict": …}`` or ``{"model": …}``) is unwrapped.
+    """
+    path = os.fspath(path)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign file: say which one
+        raise Tag2MaskError(f"cannot read weight file {path}: {e.__class__.__name__}: {e}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise Tag2MaskError(f"weight file {path} does not hold a state dict of tensors")
+    return obj
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Copy a torchvision-layout ResNet state dict into smp's ResNet ``encoder``; every encoder tensor must match."""
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
+    own = encoder.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        detail = ", ".join((missing + wrong)[:4])
+        raise Tag2MaskError(
+            f"weight file {path} does not fit the {type(encoder).__name__} encoder: "
+            f"{len(missing)} tensors missing, {len(wrong)} of another shape (first: {detail}); "
+            "is it the torchvision file of the same ResNet depth?"
+        )
+    encoder.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+class DeepLabV3PlusSegmenter(Segmenter):
+    """smp ``DeepLabV3Plus``; ``num_classes`` includes the background."""
+
+    def __init__(self, num_classes: int, encoder: str = "resnet101", output_stride: int = 8) -> None:
+        super().__init__()
+        smp = _smp()
+        self.num_classes = int(num_classes)
+        self.net = smp.DeepLabV3Plus(
+            encoder_name=encoder, encoder_weights=None, encoder_output_stride=output_stride, classes=self.num_classes
+        )
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """``B×K×H×W`` class logits at the input size (H and W multiples of 32 are needed by smp; see inference)."""
+        return self.net(images)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.logits(images)
+        if not bool((labels != IGNORE_INDEX).any()):
+            return logits.sum() * 0.0  # nothing labelled: a zero that still reaches every parameter
+        return F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX)
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(images).float(), dim=1)
+
+    def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float) -> list[dict]:
+        backbone = list(self.net.encoder.parameters())
+        ids = {id(p) for p in backbone}
+        head = [p for p in self.parameters() if id(p) not in ids]
+        groups = [
+            {"params": backbone, "lr": lr * backbone_lr_mult, "weight_decay": weight_decay, "lr_mult": backbone_lr_mult},
+            {"params": head, "lr": lr, "weight_decay": weight_decay, "lr_mult": 1.0},
+        ]
+        return [g for g in groups if g["params"]]
+
+
+def build_deeplabv3plus(
+    num_classes: int, encoder: str = "resnet101", weights: str | os.PathLike[str] | None = None, output_stride: int = 8
+) -> DeepLabV3PlusSegmenter:
+    """DeepLabV3+ with an smp ResNet ``encoder``; ``weights``: None (random init), a known name or a file path."""
+    model = DeepLabV3PlusSegmenter(num_classes, encoder, output_stride)
+    if weights is not None:
+        from tag2mask.models.weights import resolve_weight
+
+        load_encoder_weights(model.net.encoder, resolve_weight(weights, "backbone"))
+    return model

@@ -1,0 +1,299 @@
+"""The stage-II training loop: a :class:`~tag2mask.segmenters.base.Segmenter` on seed label maps.
+
+Iteration ``t`` takes the global batch :func:`tag2mask.train.loop.iteration_indices` gives (a fresh permutation
+per epoch, seeded), augments sample ``k`` of it with ``numpy.random.default_rng([seed, t, k])`` and seeds torch
+with ``(seed, t)`` before the forward pass (dropout, Mask2Former's point sampling). The whole run is therefore a
+pure function of the recipe and the data, and a run resumed from its last saved state gives the same weights as
+an uninterrupted one.
+
+Per iteration: poly learning rate (``(lr·mult − min_lr)·(1 − t/T)^power + min_lr`` per parameter group, as
+mmengine's ``PolyLR``), forward under float16 autocast on CUDA when ``amp``, backward through a ``GradScaler``,
+optional global-norm gradient clipping, optimiser step (SGD with momentum, or AdamW). Under ``torchrun`` the
+model is wrapped in ``DistributedDataParallel`` (batch norms become synchronised on CUDA, as MMSeg's SyncBN)
+and each rank takes its slice of every global batch.
+
+Files in ``out_dir``: ``metrics.jsonl`` (``iter``, ``loss``, ``lr``, ``seconds`` every ``log_every``
+iterations), ``val.jsonl`` (``iter``, ``miou`` at each validation), ``checkpoints/iter_<n>.safetensors``
+(weights), ``resume.safetensors`` + ``resume.json`` (weights, optimiser state, scaler, iteration) and, at the end,
+``model.safetensors``. Everything is written atomically; no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from tag2mask.data.base import SegDataset
+from tag2mask.errors import ConfigError, DataError
+from tag2mask.io import atomic_write, read_json, write_json
+from tag2mask.segmenters.augment import train_sample
+from tag2mask.segmenters.base import Segmenter
+from tag2mask.segmenters.inference import autocast
+from tag2mask.segmenters.recipes import SegmenterRecipe
+from tag2mask.train.loop import iteration_indices, truncate_metrics
+from tag2mask.viz.palette import read_label_png
+
+Validator = Callable[[Segmenter], float]
+
+
+class SeedTrainSet(torch.utils.data.Dataset):
+    """Training samples: key ``(index, t, k)`` → augmented ``(image, label)`` of image ``index`` (see module doc)."""
+
+    def __init__(self, dataset: SegDataset, labels_dir: Path, recipe: SegmenterRecipe) -> None:
+        self.dataset = dataset
+        self.labels_dir = Path(labels_dir)
+        self.recipe = recipe
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def label_path(self, index: int) -> Path:
+        return self.labels_dir / f"{self.dataset[index].id}.png"
+
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, t, k = key
+        r = self.recipe
+        image = self.dataset.load_image(index)
+        label = read_label_png(self.label_path(index))
+        if label.shape != image.shape[:2]:
+            raise DataError(f"{self.label_path(index)}: label size {label.shape[::-1]} differs from its image "
+                            f"{image.shape[1::-1]} ({self.dataset[index].image_path})")
+        rng = np.random.default_rng([r.seed, t, k])
+        x, y = train_sample(image, label, rng, crop_size=r.crop_size, base_size=r.base_size,
+                            scale_range=r.scale_range, cat_max_ratio=r.cat_max_ratio, flip=r.flip,
+                            photometric=r.photometric)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def poly_lr(t: int, total: int, base_lr: float, min_lr: float, power: float) -> float:
+    """mmengine ``PolyLR`` at iteration ``t`` of ``total``: ``(base − min)·(1 − t/total)^power + min``."""
+    return (base_lr - min_lr) * (1.0 - min(t, total) / total) ** power + min_lr
+
+
+def build_optimizer(model: Segmenter, recipe: SegmenterRecipe) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW over the model's parameter groups; each group keeps its ``lr_mult``."""
+    groups = model.param_groups(recipe.lr, recipe.weight_decay, recipe.backbone_lr_mult)
+    for g in groups:
+        g.setdefault("lr_mult", g["lr"] / recipe.lr if recipe.lr else 1.0)
+        g["initial_lr"] = g["lr"]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas), eps=1e-8,
+                             weight_decay=recipe.weight_decay)
+
+
+# -- saving and resuming -------------------------------------------------------------------------------------------
+
+
+def save_weights(path: Path, model: Segmenter) -> None:
+    """The model's state dict (parameters and buffers) as safetensors, atomically."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_write(path, "wb") as f:
+        f.write(save(tensors))
+
+
+def load_weights(path: Path, model: Segmenter) -> None:
+    """Load :func:`save_weights` output into ``model`` (every tensor must match)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise DataError(f"{path} does not fit this network: {len(missing)} tensors missing, {len(unexpected)} "
+                        f"unexpected (first: {', '.join((missing + unexpected)[:3])})")
+    model.load_state_dict(state)
+
+
+def _save_resume(out_dir: Path, done: int, model: Segmenter, optimizer: torch.optim.Optimizer, scaler: Any,
+                 recipe_hash: str) -> None:
+    from safetensors.torch import save
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        for name, value in optimizer.state.get(p, {}).items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{i}.{name}"] = value.detach().cpu().contiguous()
+    with atomic_write(out_dir / "resume.safetensors", "wb") as f:
+        f.write(save(tensors))
+    write_json(out_dir / "resume.json", {"iteration": done, "recipe_hash": recipe_hash,
+                                         "scaler": scaler.state_dict() if scaler is not None else None})
+
+
+def _load_resume(out_dir: Path, model: Segmenter, optimizer: torch.optim.Optimizer, scaler: Any,
+                 recipe_hash: str, device: str) -> int:
+    from safetensors.torch import load_file
+
+    meta_path, tensor_path = out_dir / "resume.json", out_dir / "resume.safetensors"
+    if not meta_path.is_file() or not tensor_path.is_file():
+        return 0
+    meta = read_json(meta_path)
+    if meta.get("recipe_hash") != recipe_hash:
+        return 0
+    tensors = load_file(str(tensor_path))
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        prefix = f"optim.{i}."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if state:
+            optimizer.state[p] = {k: (v.to(device) if k != "step" else v) for k, v in state.items()}
+    if scaler is not None and meta.get("scaler"):
+        scaler.load_state_dict(meta["scaler"])
+    return int(meta["iteration"])
+
+
+def _truncate(path: Path, upto: int) -> None:
+    if path.exists():
+        truncate_metrics(path, upto)
+
+
+# -- the loop ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SegTrainResult:
+    iterations: int
+    resumed_from: int
+    seconds: float
+    final_weights: Path | None
+    last_loss: float
+    val: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_segmenter(
+    model: Segmenter,
+    data: SeedTrainSet,
+    recipe: SegmenterRecipe,
+    out_dir: Path,
+    *,
+    total_iter: int,
+    recipe_hash: str,
+    device: str = "cpu",
+    validate: Validator | None = None,
+    stop_at: int | None = None,
+    num_workers: int = 0,
+    show_progress: bool = True,
+) -> SegTrainResult:
+    """Train ``model`` for ``total_iter`` iterations (the schedule's length); see the module doc.
+
+    ``stop_at`` ends early after that many iterations (the state is saved, the schedule still follows
+    ``total_iter``), which is how tests interrupt a run. ``validate(model) → mIoU %`` runs on rank 0 every
+    ``recipe.val_every`` iterations and at the end.
+    """
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank = dist.get_rank() if world > 1 else 0
+    if recipe.batch_size % world:
+        raise ConfigError(f"batch_size {recipe.batch_size} does not split over {world} ranks")
+    per_rank = recipe.batch_size // world
+    model.to(device)
+    optimizer = build_optimizer(model, recipe)
+    use_amp = recipe.amp and device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = _load_resume(out_dir, model, optimizer, scaler, recipe_hash, device)
+    metrics, val_log = out_dir / "metrics.jsonl", out_dir / "val.jsonl"
+    if rank == 0:
+        _truncate(metrics, start)
+        _truncate(val_log, start)
+    stop = min(total_iter, stop_at if stop_at is not None else total_iter)
+    if len(data) < recipe.batch_size:
+        raise ConfigError(f"batch_size {recipe.batch_size} is larger than the training split ({len(data)} images)")
+
+    def batches() -> Iterator[list[tuple[int, int, int]]]:
+        for t in range(start, stop):
+            idx = iteration_indices(t, len(data), recipe.batch_size, recipe.seed)
+            lo = rank * per_rank
+            yield [(int(idx[k]), t, k) for k in range(lo, lo + per_rank)]
+
+    loader = torch.utils.data.DataLoader(data, batch_sampler=batches(), num_workers=num_workers)
+    net: torch.nn.Module = model
+    if world > 1:
+        if device.startswith("cuda"):
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
+            find_unused_parameters=recipe.net == "mask2former")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    from tqdm import tqdm
+
+    from tag2mask.stages.common import bar_options
+
+    bar = tqdm(total=stop - start, desc=f"train {recipe.net}", unit="it", disable=not show_progress or rank != 0,
+               **bar_options())
+    t0 = time.perf_counter()
+    last, window = float("nan"), []
+    val_rows: list[dict[str, float]] = []
+    model.train()
+    it = iter(loader)
+    for t in range(start, stop):
+        lr = poly_lr(t, total_iter, recipe.lr, recipe.min_lr, recipe.poly_power)
+        for g in optimizer.param_groups:
+            g["lr"] = poly_lr(t, total_iter, recipe.lr * g["lr_mult"], recipe.min_lr, recipe.poly_power)
+        images, labels = (x.to(device, non_blocking=True) for x in next(it))
+        torch.manual_seed(recipe.seed * 1_000_003 + t)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, use_amp):
+            loss = net(images, labels)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if recipe.grad_clip > 0:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        value = float(loss.detach())
+        if world > 1:
+            v = torch.tensor([value], dtype=torch.float64, device=device)
+            dist.all_reduce(v)
+            value = float(v) / world
+        last = value
+        window.append(value)
+        done = t + 1
+        if rank == 0 and (done % recipe.log_every == 0 or done == stop):
+            with open(metrics, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"iter": t, "loss": float(np.mean(window)), "lr": lr,
+                                    "seconds": round(time.perf_counter() - t0, 3)}) + "\n")
+            window = []
+        checkpoint = done % recipe.checkpoint_every == 0 or done == total_iter
+        if rank == 0 and validate is not None and recipe.val_every and (done % recipe.val_every == 0
+                                                                         or done == total_iter):
+            model.eval()
+            miou = float(validate(model))
+            model.train()
+            val_rows.append({"iter": t, "miou": miou})
+            with open(val_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(val_rows[-1]) + "\n")
+            bar.write(f"iteration {done}: validation mIoU {miou:.1f}")
+        if rank == 0 and (checkpoint or done == stop):
+            if checkpoint:
+                save_weights(out_dir / "checkpoints" / f"iter_{done}.safetensors", model)
+            _save_resume(out_dir, done, model, optimizer, scaler, recipe_hash)
+        if world > 1 and (checkpoint or done == stop):
+            dist.barrier()
+        bar.update(1)
+        bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.2g}")
+    bar.close()
+    final = out_dir / "model.safetensors"
+    if stop == total_iter:
+        if rank == 0:
+            save_weights(final, model)
+        return SegTrainResult(stop, start, time.perf_counter() - t0, final, last, val_rows)
+    return SegTrainResult(stop, start, time.perf_counter() - t0, None, last, val_rows)

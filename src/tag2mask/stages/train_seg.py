@@ -1,0 +1,177 @@
+"""The ``train-seg`` stage: a stage-II segmentation network trained on a run's fine seeds (SPEC §11, App. G).
+
+Layout, one folder per network name (``--name``, default the network)::
+
+    RUN/stage2/<name>/
+      stage.json            the recipe hash (another recipe clears the folder, so results never mix)
+      recipe.yaml           the resolved recipe
+      model.json            network, backbone, classes, dataset, labels folder, iterations — what ``predict`` needs
+      metrics.jsonl         training loss and learning rate
+      val.jsonl             validation mIoU (when the validation split has ground truth)
+      checkpoints/iter_<n>.safetensors
+      resume.safetensors, resume.json
+      model.safetensors     the final weights
+
+Labels: the run's ``seeds_fine`` (``--labels DIR`` for any folder of label PNGs named ``<image id>.png``; 0
+background, ``c+1`` class ``c``, 255 ignored). Training resumes from the last saved state.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tag2mask.config import Config, config_hash
+from tag2mask.errors import DataError, Tag2MaskError
+from tag2mask.io import read_json, write_json, write_text
+from tag2mask.segmenters.base import Segmenter
+from tag2mask.segmenters.recipes import SegmenterRecipe, backbone_weight_name, load_recipe, total_iterations
+from tag2mask.stages.common import begin_shared_stage, end_shared_stage, join_process_group, log, open_split, resolve_device
+from tag2mask.stages.rundir import RunDir
+
+STAGE2 = "stage2"
+# recipe keys that never change the trained weights: excluded from the stage hash
+NEUTRAL_KEYS = ("log_every", "checkpoint_every", "val_every", "val_split", "val_limit", "test_flip", "test_scales")
+
+
+def stage_name(name: str) -> str:
+    return f"{STAGE2}/{name}"
+
+
+def recipe_hash(recipe: SegmenterRecipe, labels: str) -> str:
+    """Hash of what decides the weights: the recipe without :data:`NEUTRAL_KEYS`, plus the labels' identity."""
+    values = {k: v for k, v in recipe.to_dict().items() if k not in NEUTRAL_KEYS}
+    return config_hash(values, labels)
+
+
+def build_segmenter(recipe: SegmenterRecipe, num_classes: int, *, pretrained: bool = True) -> Segmenter:
+    """The recipe's network with ``num_classes`` outputs; ImageNet backbone weights unless ``pretrained=False``."""
+    weights = backbone_weight_name(recipe) if pretrained else None
+    if recipe.net == "deeplabv3plus":
+        from tag2mask.segmenters.deeplab import build_deeplabv3plus
+
+        return build_deeplabv3plus(num_classes, recipe.backbone, weights, recipe.output_stride)
+    from tag2mask.segmenters.mask2former import build_mask2former
+
+    return build_mask2former(num_classes, recipe.backbone, weights, num_queries=recipe.num_queries,
+                             small_head=recipe.small_head or None)
+
+
+def check_labels(dataset: Any, labels_dir: Path) -> None:
+    """Every training image needs ``labels_dir/<id>.png``; one clear error otherwise."""
+    if not labels_dir.is_dir():
+        raise DataError(f"label folder {labels_dir} does not exist: run the pipeline first (tag2mask run) so that "
+                        "the fine seeds exist, or pass --labels DIR")
+    missing = [i for i in dataset.ids if not (labels_dir / f"{i}.png").is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(dataset)} training images have no label PNG in {labels_dir} "
+                        f"(first: {missing[0]}.png)")
+
+
+def validation_split(config: Config, recipe: SegmenterRecipe) -> str | None:
+    """The split to validate on: ``recipe.val_split`` or ``val``; None when it does not exist or has no masks."""
+    split = recipe.val_split or "val"
+    try:
+        dataset = open_split(config, split)
+    except Tag2MaskError:
+        if recipe.val_split:
+            raise
+        return None
+    return split if dataset.has_masks and len(dataset) else None
+
+
+def make_validator(config: Config, recipe: SegmenterRecipe, split: str, device: str):  # -> Validator
+    """``validate(model) → mIoU %`` on ``split`` (first ``val_limit`` images) with the recipe's test settings."""
+    import numpy as np
+
+    from tag2mask.evaluate import ConfusionMatrix
+    from tag2mask.segmenters.inference import predict_probabilities
+
+    dataset = open_split(config, split)
+    ids = dataset.ids[: recipe.val_limit] if recipe.val_limit else dataset.ids
+
+    def validate(model: Segmenter) -> float:
+        conf = ConfusionMatrix(model.num_classes, ignore_index=config.evaluate.ignore_index)
+        for image_id in ids:
+            prob = predict_probabilities(model, dataset.load_image(image_id), base_size=recipe.base_size,
+                                         scales=recipe.test_scales, flip=recipe.test_flip, device=device,
+                                         amp=recipe.amp)
+            conf.update(np.argmax(prob, axis=0).astype(np.uint8), dataset.load_mask(image_id))
+        return 100.0 * conf.miou()
+
+    return validate
+
+
+@dataclass
+class TrainSegResult:
+    out_dir: Path
+    iterations: int
+    total_iterations: int
+    resumed_from: int
+    last_loss: float
+    val: list[dict[str, float]]
+    seconds: float
+
+
+def run_train_seg(
+    run: RunDir,
+    net: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    labels_dir: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    stop_at: int | None = None,
+    show_progress: bool = True,
+) -> TrainSegResult:
+    """Train ``net`` on the run's fine seeds (or ``labels_dir``); see the module doc."""
+    from tag2mask.segmenters.loop import SeedTrainSet, train_segmenter
+
+    config = run.config
+    recipe = load_recipe(net, config.data.dataset, overrides)
+    name = name or net
+    labels = Path(labels_dir) if labels_dir is not None else run.stage_dir("seeds_fine")
+    dataset = open_split(config, config.data.train_split)
+    check_labels(dataset, labels)
+    device = resolve_device(config.runtime.device)
+    rank, world = join_process_group(config)
+    num_classes = 1 + dataset.num_classes
+    model = build_segmenter(recipe, num_classes)  # resolves the backbone file first: a missing one fails fast
+    total = total_iterations(recipe, len(dataset))
+    labels_id = str(labels.resolve())
+    seeds = run.stage_record("seeds_fine")
+    if labels_dir is None and seeds is not None:
+        labels_id = f"seeds_fine:{seeds.config_hash}"
+    h = recipe_hash(recipe, labels_id)
+    stage = stage_name(name)
+    out = begin_shared_stage(run, stage, h, {"labels": str(labels), "net": net}, rank)
+    if rank == 0:
+        write_text(out / "recipe.yaml", recipe.to_yaml())
+        write_json(out / "model.json", {
+            "net": recipe.net, "backbone": recipe.backbone, "backbone_weights": backbone_weight_name(recipe),
+            "num_classes": num_classes, "class_names": ["background", *dataset.class_names],
+            "dataset": config.data.dataset, "train_split": config.data.train_split, "labels": str(labels),
+            "train_images": len(dataset), "total_iterations": total, "recipe": recipe.to_dict(),
+        })
+    val_split = validation_split(config, recipe) if recipe.val_every else None
+    validate = make_validator(config, recipe, val_split, device) if val_split else None
+    log.info("train-seg %s (%s): %d images, %d iterations at batch %d, device %s, %d rank(s), validation on %s",
+             name, recipe.backbone, len(dataset), total, recipe.batch_size, device, world, val_split or "nothing")
+    t0 = time.perf_counter()
+    result = train_segmenter(model, SeedTrainSet(dataset, labels, recipe), recipe, out, total_iter=total,
+                             recipe_hash=h, device=device, validate=validate, stop_at=stop_at,
+                             num_workers=config.runtime.num_workers, show_progress=show_progress)
+    seconds = time.perf_counter() - t0
+    end_shared_stage(run, stage, {"images": len(dataset), "iterations": result.iterations}, seconds,
+                     result.final_weights is not None, rank)
+    return TrainSegResult(out, result.iterations, total, result.resumed_from, result.last_loss, result.val, seconds)
+
+
+def read_model_info(folder: Path) -> dict[str, Any]:
+    """``model.json`` of a ``stage2/<name>`` folder; a clear error when it is not one."""
+    path = Path(folder) / "model.json"
+    if not path.is_file():
+        raise Tag2MaskError(f"{folder} is not a train-seg output folder (no model.json)")
+    return read_json(path)
