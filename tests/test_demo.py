@@ -16,18 +16,6 @@ import pytest
 from tag2mask.cli import main
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    import contextlib
-    import io
-
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(["demo", "--out", str(out)]) == 0
-    return out, buf.getvalue()
-
-
 def test_demo_fine_seeds_clearly_beat_argmax_and_all_background(demo_run: tuple[Path, str]) -> None:
     out, printed = demo_run
     assert "fine beats argmax by" in printed and "report.html" in printed

@@ -305,3 +305,134 @@ def test_split_without_ground_truth(tmp_path: Path) -> None:
     html = rep.write_report(run.path, n_images=1).read_text(encoding="utf-8")
     assert "not available: this split has no ground-truth masks" in html
     assert html.count(DATA_IMG) == 1
+
+
+# -- stage II section ----------------------------------------------------------------------------------------------
+
+
+def _evaluation(folder: Path, miou: float, split: str = "val", tuned: list[str] | None = None) -> None:
+    """``folder/evaluation.{json,md}`` as tag2mask predict / refine write them, with the given mIoU (0..1)."""
+    from tag2mask.evaluate import ConfusionMatrix, Protocol, evaluation_report
+    from tag2mask.stages.evaluate import write_report
+
+    conf = ConfusionMatrix(3).update(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]))
+    report = evaluation_report(conf, ["background", "a", "b"], Protocol(split, "test", 3, tuned_on_gt=tuned or []))
+    report["miou"] = miou
+    write_report(report, folder / "evaluation")
+
+
+@pytest.fixture()
+def stage2_run(tmp_path: Path) -> Path:
+    """A run folder with one trained stage-II network, its val predictions and their SAMS and CRF refinements."""
+    from tag2mask.stages.refine import _alpha_sentence
+
+    config = load_config("demo", [f"data.root={tmp_path / 'no-data'}"])
+    run = RunDir.create(tmp_path / "run", config)
+    net = run.path / "stage2" / "deeplabv3plus"
+    recipe = {"net": "deeplabv3plus", "backbone": "resnet101", "batch_size": 4, "crop_size": 321,
+              "optimizer": "sgd", "lr": 0.01, "min_lr": 0.0001, "poly_power": 0.9, "weight_decay": 0.0005,
+              "epochs": 120, "max_iter": 20}
+    write_json(net / "model.json", {
+        "net": "deeplabv3plus", "backbone": "resnet101", "backbone_weights": "resnet101", "num_classes": 3,
+        "class_names": ["background", "a", "b"], "dataset": "synthetic", "train_split": "train",
+        "labels": str(run.path / "seeds_fine"), "train_images": 7, "total_iterations": 20, "recipe": recipe})
+    lines = [f'{{"iter": {i}, "loss": {3.0 / (i + 1):.4f}, "lr": 0.01, "seconds": {i}}}' for i in range(4, 20, 5)]
+    write_text(net / "metrics.jsonl", "\n".join(lines) + "\n")
+    write_text(net / "val.jsonl", '{"iter": 9, "miou": 31.5}\n{"iter": 19, "miou": 42.25}\n')
+    _save_ctx(net / "model.safetensors", (2, 2))
+    _save_ctx(net / "checkpoints" / "iter_20.safetensors", (2, 2))
+    pred = net / "predictions_val"
+    pred.mkdir()
+    _evaluation(pred, 0.5)
+    sentence = _alpha_sentence([1.0, 2.0, 3.0], "val", 3)
+    write_json(pred.parent / "predictions_val_sams" / "refine.json", {
+        "stage": "refine", "method": "sams", "alpha": 2.0, "uncovered": "background", "crf_params": None,
+        "predictions_dir": str(pred), "superpixels_dir": str(tmp_path / "sp"), "split": "val",
+        "alpha_choice": sentence, "tuned_on_gt": [sentence],
+        "sweep": [{"alpha": 1.0, "miou": 0.55}, {"alpha": 2.0, "miou": 0.6}, {"alpha": 3.0, "miou": 0.58}],
+        "status": "done", "images": 3, "done": 3})
+    _evaluation(pred.parent / "predictions_val_sams", 0.6, tuned=[sentence])
+    write_json(pred.parent / "predictions_val_crf" / "refine.json", {
+        "stage": "refine", "method": "crf", "alpha": None, "uncovered": None, "crf_params": "deeplab_crf",
+        "predictions_dir": str(pred), "superpixels_dir": None, "split": "val", "alpha_choice": None,
+        "tuned_on_gt": [], "sweep": None, "status": "done", "images": 3, "done": 3})
+    _evaluation(pred.parent / "predictions_val_crf", 0.45)
+    stage = _stage(123.4, {"images": 7, "iterations": 20})
+    write_json(run.path / "manifest.json", {"created": "2025-01-01T00:00:00+00:00",
+                                            "stages": {"stage2/deeplabv3plus": stage}})
+    return run.path
+
+
+def _stage2_section(html: str) -> str:
+    assert html.index("<h2>Seed quality</h2>") < html.index("<h2>Stage II: segmentation networks</h2>")
+    return html.split("<h2>Stage II: segmentation networks</h2>")[1].split("<h2>Efficiency</h2>")[0]
+
+
+def test_stage2_section(stage2_run: Path) -> None:
+    html = rep.write_report(stage2_run, n_images=0).read_text(encoding="utf-8")
+    assert _self_contained(html)
+    section = _stage2_section(html)
+    assert "not available" not in section
+    # facts
+    for fact in ("deeplabv3plus (folder stage2/deeplabv3plus)", "resnet101", "the run&#x27;s fine seeds",
+                 "7 (train)", "20 of 20 (100 %)", "batch 4, crop 321, max_iter 20", "sgd, lr 0.01",
+                 "123.4 s (0:02:03", "done; final weights model.safetensors written; 1 checkpoint(s)"):
+        assert fact in section, fact
+    # results: network alone, then CRF, then SAMS, with the change over the network alone
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", section.split("<th>result</th>")[1].split("</table>")[0])
+    assert [re.findall(r"<code>(.*?)</code>", r)[0] for r in rows] == [
+        "predictions_val", "predictions_val_crf", "predictions_val_sams"]
+    assert '<td class="num">50.0</td><td class="num"></td>' in rows[0]
+    assert '<td class="num">45.0</td><td class="num">-5.0</td>' in rows[1]
+    assert '<td class="num">60.0</td><td class="num">+10.0</td>' in rows[2]
+    assert "α tuned on val GT (SPEC §13 item 9)" in rows[2] and "α = 2" in rows[2]
+    assert "sweep α=1: 55.0, α=2: 60.0, α=3: 58.0" in rows[2] and "not a clean held-out number" in rows[2]
+    assert "tuned" not in rows[0] and "tuned" not in rows[1] and "deeplab_crf" in rows[1]
+    assert '<tr class="tuned">' in section
+    # curves: training loss (4 log lines) and validation mIoU (2 points) as inline SVG
+    assert section.count("<svg") == 2
+    polylines = re.findall(r'<polyline[^>]*points="([^"]+)"', section)
+    assert [len(p.split()) for p in polylines] == [4, 2]
+    assert "best 42.2 after 20 iterations" in section  # val.jsonl "iter" is 0-based
+    assert '<text x="350" y="160" text-anchor="end">20</text>' in section  # x axis: iterations done
+
+
+def test_stage2_not_run(tmp_path: Path) -> None:
+    config = load_config("demo", [f"data.root={tmp_path / 'no-data'}"])
+    run = RunDir.create(tmp_path / "run", config)
+    section = _stage2_section(rep.write_report(run.path, n_images=0).read_text(encoding="utf-8"))
+    assert "stage II has not run" in section
+    assert f"tag2mask train-seg --run {run.path} --net deeplabv3plus" in section
+    (run.path / "stage2").mkdir()
+    section = _stage2_section(rep.write_report(run.path, n_images=0).read_text(encoding="utf-8"))
+    assert "stage2/ holds no network folder yet" in section
+
+
+def test_stage2_malformed_and_partial(stage2_run: Path) -> None:
+    net = stage2_run / "stage2" / "deeplabv3plus"
+    write_text(net / "model.json", "{not json")
+    write_text(net / "predictions_val_sams" / "evaluation.json", "[1, 2")
+    write_text(net / "predictions_val_crf" / "refine.json", "null")
+    write_text(net / "val.jsonl", "garbage\n")
+    (net / "model.safetensors").unlink()
+    (net / "predictions_val" / "evaluation.json").unlink()
+    other = stage2_run / "stage2" / "scratch"  # a second network: from scratch, nothing predicted yet
+    write_json(other / "model.json", {"net": "deeplabv3plus", "backbone": "resnet18", "backbone_weights": None,
+                                      "total_iterations": 10, "recipe": {"batch_size": 2}})
+    html = rep.write_report(stage2_run, n_images=0).read_text(encoding="utf-8")
+    assert _self_contained(html)
+    section = _stage2_section(html)
+    assert "model.json unreadable (JSONDecodeError" in section
+    assert "evaluation.json unreadable" in section and "refine.json unreadable (not a JSON object)" in section
+    assert "not evaluated (no evaluation.json" in section
+    assert "val.jsonl holds no finite mIoU yet" in section
+    assert "no final weights yet (training unfinished)" in section
+    assert "20 of ?" in section  # iterations from the manifest, total unknown without model.json
+    # the CRF row still has its mIoU; without a base mIoU there is no change
+    assert '<td class="num">45.0</td><td class="num">n/a</td>' in section
+    # the second network
+    assert "<h3>scratch</h3>" in section and "none (from scratch)" in section
+    assert "no prediction folder in stage2/scratch yet" in section
+    assert "not in the manifest" in section
+    for later in ("<h2>Efficiency</h2>", "<h2>Training curves</h2>"):
+        assert later in html

@@ -156,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     rf.add_argument("--uncovered", choices=("background", "argmax"), default="background",
                     help="pixels no superpixel covers: background (reference) or the network's argmax")
     rf.add_argument("--crf", default="deeplab_crf", metavar="NAME", help="dense-CRF parameter set (default: %(default)s)")
-    rf.add_argument("--split", help="dataset split of the predictions (default: read from the folder, else val)")
+    rf.add_argument("--split", help="dataset split of the predictions (default: the one in its predict.json, else val)")
     rf.add_argument("--run", "--run-dir", dest="run", metavar="RUN_DIR", help="run folder (default: the predictions')")
     rf.add_argument("--superpixels", metavar="DIR", help="quasi-superpixel folder (default: the run's cache for the split)")
     rf.add_argument("--out", metavar="DIR", help="output folder (default: <predictions>_<method>)")
@@ -484,13 +484,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_refine(args: argparse.Namespace) -> int:
     from tag2mask.io import read_json
+    from tag2mask.stages.predict import predictions_split
     from tag2mask.stages.refine import SPEC_ALPHA_SWEEPS, run_refine, tuned_on_gt_lines
 
     pred = Path(args.predictions)
     if not pred.is_dir():
         raise Tag2MaskError(f"predictions folder {pred} does not exist: run tag2mask predict first")
     config, _ = _run_of(pred, args.run, args.overrides)
-    split = args.split or (pred.name.split("_")[1] if pred.name.startswith("predictions_") else "val")
+    split = args.split or predictions_split(pred) or "val"
     sweep = args.sweep
     if sweep is not None and not sweep:
         sweep = list(SPEC_ALPHA_SWEEPS.get(config.data.dataset, SPEC_ALPHA_SWEEPS["voc"]))

@@ -2,7 +2,7 @@
 
 In order (:func:`train_sample`): random rescale (:func:`rescale_size`: the image is fitted into
 ``base_size × r`` with ``r ~ U(scale_range)``, keeping its aspect ratio), random crop (:func:`random_crop`: up to
-10 tries to find a window where no single class covers ``cat_max_ratio`` or more of the labelled pixels),
+10 windows checked for one where no single class covers ``cat_max_ratio`` or more of the labelled pixels),
 horizontal flip with probability 0.5, photometric distortion (:func:`photometric_distortion`), ImageNet
 normalisation, and padding to the crop size (image 0 after normalisation, label 255 = ignore), which is what
 MMSeg's data pre-processor does. Every random draw comes from the ``numpy.random.Generator`` passed in, so a sample
@@ -45,8 +45,9 @@ def random_crop(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A ``crop_size`` window (smaller where the image is smaller), MMSeg's ``RandomCrop``.
 
-    With ``cat_max_ratio < 1`` up to 10 windows are drawn and the first one where at least two classes appear and
-    the largest covers less than ``cat_max_ratio`` of the labelled pixels is kept (else the 10th).
+    With ``cat_max_ratio < 1`` up to 10 windows are checked and the first one where at least two classes appear and
+    the largest covers less than ``cat_max_ratio`` of the labelled pixels is kept; when all 10 fail, an 11th window
+    is drawn and kept unchecked (MMSeg's loop).
     """
     h, w = label.shape
 
@@ -57,7 +58,7 @@ def random_crop(
 
     y0, y1, x0, x1 = window()
     if cat_max_ratio < 1.0:
-        for _ in range(9):
+        for _ in range(10):
             ids, counts = np.unique(label[y0:y1, x0:x1], return_counts=True)
             counts = counts[ids != IGNORE_INDEX]
             if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:

@@ -60,11 +60,12 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str]) -> No
     own = encoder.state_dict()
     missing = [k for k in own if k not in state]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or wrong:
-        detail = ", ".join((missing + wrong)[:4])
+    unexpected = [k for k in state if k not in own]  # e.g. the extra blocks of a deeper ResNet
+    if missing or wrong or unexpected:
+        detail = ", ".join((missing + wrong + unexpected)[:4])
         raise Tag2MaskError(
-            f"weight file {path} does not fit the {type(encoder).__name__} encoder: "
-            f"{len(missing)} tensors missing, {len(wrong)} of another shape (first: {detail}); "
+            f"weight file {path} does not fit the {type(encoder).__name__} encoder: {len(missing)} tensors "
+            f"missing, {len(wrong)} of another shape, {len(unexpected)} unexpected (first: {detail}); "
             "is it the torchvision file of the same ResNet depth?"
         )
     encoder.load_state_dict({k: state[k] for k in own}, strict=True)
@@ -109,9 +110,10 @@ def build_deeplabv3plus(
     num_classes: int, encoder: str = "resnet101", weights: str | os.PathLike[str] | None = None, output_stride: int = 8
 ) -> DeepLabV3PlusSegmenter:
     """DeepLabV3+ with an smp ResNet ``encoder``; ``weights``: None (random init), a known name or a file path."""
-    model = DeepLabV3PlusSegmenter(num_classes, encoder, output_stride)
-    if weights is not None:
-        from tag2mask.models.weights import resolve_weight
+    from tag2mask.models.weights import resolve_weight
 
-        load_encoder_weights(model.net.encoder, resolve_weight(weights, "backbone"))
+    path = resolve_weight(weights, "backbone") if weights is not None else None  # a missing file fails before building
+    model = DeepLabV3PlusSegmenter(num_classes, encoder, output_stride)
+    if path is not None:
+        load_encoder_weights(model.net.encoder, path)
     return model

@@ -21,7 +21,6 @@ iterations), ``val.jsonl`` (``iter``, ``miou`` at each validation), ``checkpoint
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -111,9 +110,11 @@ def load_weights(path: Path, model: Segmenter) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
         raise DataError(f"{path} does not fit this network: {len(missing)} tensors missing, {len(unexpected)} "
-                        f"unexpected (first: {', '.join((missing + unexpected)[:3])})")
+                        f"unexpected, {len(wrong)} of another shape (first: {', '.join((missing + unexpected + wrong)[:3])})")
     model.load_state_dict(state)
 
 

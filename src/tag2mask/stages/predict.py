@@ -3,7 +3,7 @@
 Reads a checkpoint of ``tag2mask train-seg`` (``RUN/stage2/<name>/model.safetensors`` or
 ``checkpoints/iter_<n>.safetensors``; the folder itself means the final weights) and writes, per image,
 ``<id>.npz`` (:mod:`tag2mask.segmenters.predictions`: float16 probabilities, background first, and the classes
-kept) and ``<id>.png`` (the argmax as a palette PNG). Default output folder:
+kept) and ``<id>.png`` (the argmax as a palette PNG), plus ``predict.json`` (checkpoint, split, test settings). Default output folder:
 ``RUN/stage2/<name>/predictions_<split>`` (``predictions_<split>_iter_<n>`` for an intermediate checkpoint).
 Single scale by default; ``flip`` and ``scales`` add test-time augmentation. Resumable and shardable.
 """
@@ -19,12 +19,22 @@ import numpy as np
 
 from tag2mask.config import Config
 from tag2mask.errors import Tag2MaskError
+from tag2mask.io import read_json, write_json
 from tag2mask.segmenters.predictions import keep_classes, prediction_labels, present_classes, save_prediction
 from tag2mask.segmenters.recipes import recipe_from_dict
 from tag2mask.stages.common import open_split, progress, resolve_device
 from tag2mask.stages.rundir import ItemsResult, pending, shard
 from tag2mask.stages.train_seg import build_segmenter, read_model_info
 from tag2mask.viz.palette import write_label_png
+
+
+PREDICT_JSON = "predict.json"
+
+
+def predictions_split(folder: Path) -> str | None:
+    """The split a predict output folder holds (from its ``predict.json``), or None."""
+    path = Path(folder) / PREDICT_JSON
+    return str(read_json(path)["split"]) if path.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,12 @@ def run_predict(
     model = load_segmenter(checkpoint, device)
     out = Path(out_dir) if out_dir is not None else default_output(checkpoint, split)
     out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        write_json(out / PREDICT_JSON, {
+            "checkpoint": str(checkpoint.weights), "split": split, "classes": classes,
+            "flip": recipe.test_flip if flip is None else flip, "scales": scales or recipe.test_scales,
+            "base_size": recipe.base_size,
+        })
     ids = dataset.ids[:limit] if limit else dataset.ids
     todo = list(pending(shard(ids, rank, world_size), lambda i: out / f"{i}.npz"))
     t0 = time.perf_counter()
@@ -103,6 +119,7 @@ def run_predict(
             model, dataset.load_image(image_id), base_size=recipe.base_size, scales=scales or recipe.test_scales,
             flip=recipe.test_flip if flip is None else flip, device=device, amp=recipe.amp,
         )
+        prob = prob.astype(np.float16).astype(np.float32)  # as stored: the PNG is the argmax of the file's values
         fg = present_classes(prob) if classes == "present" else np.arange(model.num_classes - 1)
         kept = keep_classes(prob, fg)
         write_label_png(out / f"{image_id}.png", prediction_labels(kept, fg))

@@ -48,8 +48,19 @@ def recipe_hash(recipe: SegmenterRecipe, labels: str) -> str:
 
 
 def build_segmenter(recipe: SegmenterRecipe, num_classes: int, *, pretrained: bool = True) -> Segmenter:
-    """The recipe's network with ``num_classes`` outputs; ImageNet backbone weights unless ``pretrained=False``."""
-    weights = backbone_weight_name(recipe) if pretrained else None
+    """The recipe's network with ``num_classes`` outputs; ImageNet backbone weights unless ``pretrained=False``.
+
+    The random initialisation is drawn from ``recipe.seed`` (the caller's torch RNG is left as it was), so two
+    runs of one recipe start from the same weights.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        return _build(recipe, num_classes, backbone_weight_name(recipe) if pretrained else None)
+
+
+def _build(recipe: SegmenterRecipe, num_classes: int, weights: str | None) -> Segmenter:
     if recipe.net == "deeplabv3plus":
         from tag2mask.segmenters.deeplab import build_deeplabv3plus
 

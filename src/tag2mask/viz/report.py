@@ -9,13 +9,17 @@ SVG, no JavaScript and no external resource. Sections:
 2. seed quality — mIoU of all-background, argmax seeds of the cls and seg CAMs (best background exponent, labelled
    *tuned on ground truth*), coarse and fine SAMS seeds, the fine seeds' margins in points, the evaluation
    protocol and the per-class IoU of the seeds;
-3. efficiency — time per stage from the manifest (quasi-superpixel generation listed apart, as the paper excludes
+3. stage II — per segmentation network trained on the seeds (``RUN/stage2/<name>``, ``tag2mask train-seg``): its
+   facts (network, backbone and its weights, labels, iterations, batch, crop, optimiser, training time, status),
+   its results like App. Tables S2/S3/S6 (each prediction folder, then its CRF / SAMS refinements with the change
+   over the network alone, an alpha tuned on ground truth flagged), its loss and validation mIoU curves;
+4. efficiency — time per stage from the manifest (quasi-superpixel generation listed apart, as the paper excludes
    it), totals, learnable parameters per task (count, MB at fp32 and fp16) — like App. Table S1;
-4. figures for ``n_images`` images (the first ones with at least one tag) — like App. Figures S1–S4: the image and
+5. figures for ``n_images`` images (the first ones with at least one tag) — like App. Figures S1–S4: the image and
    its tags, the ground truth, cls-task vs seg-task CAMs per positive class, the quasi-superpixels coloured by
    level, the SAMS score map of the top class, the coarse and fine seeds, and the dense-CRF seed when
    ``pydensecrf`` is installed;
-5. training curves — loss per iteration of both prompt trainings.
+6. training curves — loss per iteration of both prompt trainings.
 
 Every piece is optional: a stage that has not run, a split without ground truth or a missing superpixel folder
 gives a short "not available: …" line instead of an error, so the report also describes partial runs.
@@ -27,6 +31,7 @@ import datetime as _dt
 import importlib.util
 import json
 import math
+import re
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +73,7 @@ margin-top: 1.8em; } h3 { margin: 1.2em 0 0.4em; }
 table { border-collapse: collapse; margin: 0.5em 0; } th, td { border: 1px solid #ddd; padding: 3px 8px; }
 th { background: #f3f3f3; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.total td { font-weight: bold; background: #fafafa; } tr.best td { background: #eef7ee; }
+tr.tuned td { background: #fff6e0; }
 table.kv td:first-child { width: 11em; font-weight: bold; background: #f3f3f3; }
 pre { background: #f7f7f7; padding: 0.6em; border: 1px solid #e4e4e4; white-space: pre-wrap; }
 .na { color: #a33; font-style: italic; } .note { color: #555; font-size: 0.92em; }
@@ -372,7 +378,326 @@ def _seed_quality(run: _Run) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# (3) efficiency
+# (3) stage II: segmentation networks trained on the seeds
+
+
+STAGE2_DIR = "stage2"
+STAGE2_COMMAND = "tag2mask train-seg --run {run} --net deeplabv3plus"
+PREDICTIONS_PREFIX = "predictions_"
+REFINE_ORDER = {"crf": 0, "sams": 1}  # refinements listed after their network: CRF, then SAMS (App. Table S6)
+_ITER_SUFFIX = re.compile(r"_iter_(\d+)$")
+
+
+def _read_json_safe(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """``(content, "")``; ``(None, "")`` when the file is absent; ``(None, one-line note)`` when it is unreadable."""
+    if not path.is_file():
+        return None, ""
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as e:
+        return None, f"{path.name} unreadable ({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    if not isinstance(data, dict):
+        return None, f"{path.name} unreadable (not a JSON object)"
+    return data, ""
+
+
+def _subsection(body: Callable[[], str]) -> str:
+    """One piece of a section; an unexpected error becomes a one-line "not available" note in its place."""
+    try:
+        return body()
+    except Exception as e:  # noqa: BLE001 - a report never fails on a malformed file
+        return _na(f"{e.__class__.__name__}: {e}")
+
+
+@dataclass
+class _ResultFolder:
+    """A prediction folder of a network (``predictions_<split>[_iter_<n>]``) or a refinement of one (``refine.json``)."""
+
+    path: Path
+    refine: dict[str, Any] | None = None  # refine.json (None: a prediction folder)
+    evaluation: dict[str, Any] | None = None  # evaluation.json
+    problems: list[str] = field(default_factory=list)  # one-line notes about unreadable files
+
+    @classmethod
+    def read(cls, path: Path) -> _ResultFolder:
+        out = cls(path)
+        out.refine, why = _read_json_safe(path / "refine.json")
+        if why:
+            out.refine = {}  # a refinement folder all the same
+            out.problems.append(why)
+        out.evaluation, why = _read_json_safe(path / "evaluation.json")
+        if why:
+            out.problems.append(why)
+        return out
+
+    @property
+    def is_refinement(self) -> bool:
+        return self.refine is not None
+
+    @property
+    def method(self) -> str:
+        return str((self.refine or {}).get("method") or self.path.name.rsplit("_", 1)[-1])
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        proto = (self.evaluation or {}).get("protocol")
+        return proto if isinstance(proto, dict) else {}
+
+    def split(self) -> str:
+        if self.protocol.get("split"):
+            return str(self.protocol["split"])
+        if self.refine and self.refine.get("split"):
+            return str(self.refine["split"])
+        name = self.path.name
+        if name.startswith(PREDICTIONS_PREFIX) and not self.is_refinement:
+            return _ITER_SUFFIX.sub("", name[len(PREDICTIONS_PREFIX):]) or "?"
+        return "?"
+
+    def miou(self) -> float | None:
+        """The evaluation's mIoU in percent (None without one)."""
+        value = (self.evaluation or {}).get("miou")
+        if value is None:
+            return None
+        value = 100.0 * float(value)
+        return value if math.isfinite(value) else None
+
+    def images(self) -> str:
+        if self.protocol.get("num_images") is not None:
+            return str(self.protocol["num_images"])
+        if self.refine and self.refine.get("images") is not None:
+            return f"{self.refine.get('done', '?')}/{self.refine['images']}"
+        pattern = "*.png" if self.is_refinement else "*.npz"
+        return f"{sum(1 for _ in self.path.glob(pattern))} files"
+
+
+def _stage2_folders(net_dir: Path) -> list[tuple[_ResultFolder | None, list[_ResultFolder]]]:
+    """The network's prediction folders, each with its refinements (CRF, then SAMS); refinements whose prediction
+    folder is not there come last, under ``None``."""
+    found = [_ResultFolder.read(p) for p in sorted(net_dir.iterdir()) if p.is_dir()
+             and (p.name.startswith(PREDICTIONS_PREFIX) or (p / "refine.json").is_file())]
+    predictions = [f for f in found if not f.is_refinement]
+    groups: dict[Path, list[_ResultFolder]] = {f.path: [] for f in predictions}
+    orphans: list[_ResultFolder] = []
+    for f in (f for f in found if f.is_refinement):
+        parents = [p for p in predictions if f.path.name.startswith(p.path.name + "_")]
+        source = Path(str((f.refine or {}).get("predictions_dir") or "")).name
+        parents = parents or [p for p in predictions if p.path.name == source]
+        if parents:
+            groups[max(parents, key=lambda p: len(p.path.name)).path].append(f)
+        else:
+            orphans.append(f)
+
+    def order(f: _ResultFolder) -> tuple[int, str]:
+        return REFINE_ORDER.get(f.method.lower(), len(REFINE_ORDER)), f.path.name
+
+    out: list[tuple[_ResultFolder | None, list[_ResultFolder]]] = [(p, sorted(groups[p.path], key=order))
+                                                                   for p in predictions]
+    if orphans:
+        out.append((None, sorted(orphans, key=order)))
+    return out
+
+
+def _refine_note(f: _ResultFolder) -> tuple[str, bool]:
+    """The note of a refinement row (HTML) and whether its alpha was tuned on ground truth."""
+    r = f.refine or {}
+    parts: list[str] = []
+    tuned_lines = [str(t) for t in (r.get("tuned_on_gt") or [])]
+    sweep = r.get("sweep") if isinstance(r.get("sweep"), list) else None
+    tuned = bool(tuned_lines or sweep)
+    if f.method.lower() == "sams":
+        alpha = r.get("alpha")
+        parts.append(escape(f"α = {float(alpha):g}" if alpha is not None else "α unknown"))
+        if r.get("uncovered") == "argmax":
+            parts.append("uncovered pixels keep the network's argmax (SPEC §13 item 16)")
+    elif f.method.lower() == "crf":
+        parts.append(escape(f"dense CRF, parameters {r.get('crf_params') or '?'}"))
+    if tuned:
+        flag = escape(f"α tuned on {f.split()} GT (SPEC §13 item 9)")
+        cells = []
+        for row in sweep or []:
+            try:
+                m = row.get("miou")
+                cells.append(f"α={float(row['alpha']):g}: {_num(None if m is None else 100.0 * float(m))}")
+            except (AttributeError, KeyError, TypeError, ValueError):
+                continue
+        parts.append(f"<b>{flag}</b>" + (f": sweep {escape(', '.join(cells))}" if cells else ""))
+        sentence = " ".join(tuned_lines) or str(r.get("alpha_choice") or "") or "not a clean held-out number"
+        parts.append(f'<span class="note">{escape(sentence)}</span>')
+    elif r.get("alpha_choice"):
+        parts.append(escape(str(r["alpha_choice"])))
+    status = r.get("status")
+    if status and status != "done":
+        parts.append(escape(f"incomplete ({status}: {r.get('done', '?')} of {r.get('images', '?')} images)"))
+    return "; ".join(p for p in parts if p), tuned
+
+
+def _stage2_results(net_dir: Path) -> str:
+    groups = _stage2_folders(net_dir)
+    if not groups:
+        return _na(f"no prediction folder in {STAGE2_DIR}/{net_dir.name} yet (tag2mask predict --checkpoint "
+                   f"{net_dir} --split val)")
+    rows, classes, extra_tuned = [], [], []
+    for base, refinements in groups:
+        base_miou = base.miou() if base is not None else None
+        if base is not None:
+            m = _ITER_SUFFIX.search(base.path.name)
+            label = f"network alone (checkpoint iter_{m.group(1)})" if m else "network alone (final weights)"
+            note = list(base.problems)
+            if base.evaluation is None and not base.problems:
+                note.append("not evaluated (no evaluation.json: the split has no ground truth, or predict has not "
+                            "finished)")
+            rows.append([escape(label), f"<code>{escape(base.path.name)}</code>", escape(base.split()),
+                         escape(base.images()), _num(base_miou), "", escape("; ".join(note))])
+            classes.append("")
+        for f in refinements:
+            what = {"sams": "+ SAMS refinement", "crf": "+ dense CRF"}.get(f.method.lower(), f"+ {f.method}")
+            note, tuned = _refine_note(f)
+            problems = list(f.problems)
+            if f.evaluation is None and not f.problems:
+                problems.append("not evaluated (no evaluation.json)")
+            if base is None:
+                problems.append("its prediction folder is not in this network's folder")
+            note = "; ".join([*([note] if note else []), *(escape(p) for p in problems)])
+            miou = f.miou()
+            delta = None if miou is None or base_miou is None else miou - base_miou
+            rows.append([escape(what), f"<code>{escape(f.path.name)}</code>", escape(f.split()), escape(f.images()),
+                         _num(miou), _signed(delta), note])
+            classes.append("tuned" if tuned else "")
+        for f in ([base] if base is not None else []) + refinements:
+            refine_lines = set(str(t) for t in ((f.refine or {}).get("tuned_on_gt") or []))
+            for line in f.protocol.get("tuned_on_gt") or []:
+                if str(line) not in refine_lines and str(line) not in extra_tuned:
+                    extra_tuned.append(str(line))
+    out = [_table(["result", "folder", "split", "images", "mIoU (%)", "vs network alone (points)", "note"], rows,
+                  [False, False, False, True, True, True, False], classes),
+           '<p class="note">mIoU from each folder\'s <code>evaluation.json</code> (tag2mask predict / refine evaluate '
+           "when the split has ground truth). The change is in mIoU points over the network alone on the same "
+           "predictions. Highlighted rows: a SAMS α chosen by the ground truth of the split it is evaluated on, as "
+           "the reference did (SPEC §13 item 9) — not a clean held-out number.</p>"]
+    if extra_tuned:
+        out.append('<p class="note">Also chosen with ground truth, per the evaluation protocols: '
+                   f"{escape('; '.join(extra_tuned))}.</p>")
+    return "\n".join(out)
+
+
+def _stage2_facts(run: _Run, net_dir: Path) -> str:
+    name = net_dir.name
+    rec = run.stage(f"{STAGE2_DIR}/{name}")
+    info, why = _read_json_safe(net_dir / "model.json")
+    rows: list[tuple[str, str]] = []
+    if info is None:
+        rows.append(("model.json", why or "not found (train-seg has not written it yet)"))
+        info = {}
+    recipe = info.get("recipe") if isinstance(info.get("recipe"), dict) else {}
+    if info:
+        weights = info.get("backbone_weights")
+        classes = info.get("class_names") or []
+        labels = str(info.get("labels", "?"))
+        rows += [
+            ("network", f"{info.get('net', '?')} (folder {STAGE2_DIR}/{name})"),
+            ("backbone", str(info.get("backbone", "?"))),
+            ("backbone weights", str(weights) if weights else "none (from scratch)"),
+            ("classes", f"{info.get('num_classes', len(classes) or '?')} incl. background "
+                        f"(dataset {info.get('dataset', '?')})"),
+            ("labels", labels + (" (the run's fine seeds)" if Path(labels).name == "seeds_fine" else "")),
+            ("training images", f"{info.get('train_images', '?')} ({info.get('train_split', '?')})"),
+        ]
+    done: Any = ((rec or {}).get("counts") or {}).get("iterations")
+    if done is None:
+        resume, _ = _read_json_safe(net_dir / "resume.json")
+        done = (resume or {}).get("iteration")
+    if done is None and (net_dir / "metrics.jsonl").is_file():
+        points = _read_losses(net_dir / "metrics.jsonl")
+        done = int(points[-1][0]) + 1 if points else None
+    total = info.get("total_iterations")
+    iters = f"{done if done is not None else '?'} of {total if total is not None else '?'}"
+    if isinstance(done, (int, float)) and isinstance(total, (int, float)) and total > 0:
+        iters += f" ({100.0 * done / total:.0f} %)"
+    rows.append(("iterations", iters))
+    if recipe:
+        schedule = (f"max_iter {recipe['max_iter']}" if recipe.get("max_iter") else
+                    f"{recipe.get('epochs', '?')} epochs")
+        rows.append(("batch / crop", f"batch {recipe.get('batch_size', '?')}, crop {recipe.get('crop_size', '?')}, "
+                                     f"{schedule}"))
+        opt = f"{recipe.get('optimizer', '?')}, lr {recipe.get('lr', '?')}"
+        if recipe.get("poly_power") is not None:
+            opt += f" (poly {recipe['poly_power']} down to {recipe.get('min_lr', '?')})"
+        if recipe.get("weight_decay") is not None:
+            opt += f", weight decay {recipe['weight_decay']}"
+        rows.append(("optimiser / lr", opt))
+    if rec is not None and rec.get("seconds") is not None:
+        secs = float(rec["seconds"])
+        rows.append(("training time", f"{secs:.1f} s ({_duration(secs)}, from the manifest, summed over resumes)"))
+    else:
+        rows.append(("training time", f"not in the manifest (no {STAGE2_DIR}/{name} record)"))
+    final = net_dir / "model.safetensors"
+    n_ckpt = len(list((net_dir / "checkpoints").glob("*.safetensors"))) if (net_dir / "checkpoints").is_dir() else 0
+    weights_state = ("final weights model.safetensors written" if final.is_file() else
+                     "no final weights yet (training unfinished)")
+    rows.append(("status", f"{(rec or {}).get('status', 'not in the manifest')}; {weights_state}; "
+                           f"{n_ckpt} checkpoint(s)"))
+    return _table(None, [[escape(k), escape(str(v))] for k, v in rows], table_class="kv")
+
+
+def _stage2_curves(net_dir: Path) -> str:
+    name = net_dir.name
+    out = []
+    # the logs' "iter" is 0-based (the iteration just run): shown as iterations done, like train-seg prints them
+    path = net_dir / "metrics.jsonl"
+    points = [(x + 1, y) for x, y in _read_losses(path)] if path.is_file() else []
+    if not path.is_file():
+        out.append(_na(f"{STAGE2_DIR}/{name}/metrics.jsonl not found (training has not logged yet)"))
+    elif not points:
+        out.append(_na(f"{STAGE2_DIR}/{name}/metrics.jsonl holds no finite loss yet"))
+    else:
+        shown = _bin_means(points, MAX_CURVE_POINTS)
+        note = f"{len(points)} log lines, first loss {points[0][1]:.4g}, last {points[-1][1]:.4g}"
+        if len(shown) < len(points):
+            note += f"; {len(shown)} points shown (means of consecutive lines)"
+        out.append(f"<figure style=\"max-width:none\">{loss_svg(shown, f'{name}: training loss')}"
+                   f"<figcaption>{escape(note)}</figcaption></figure>")
+    path = net_dir / "val.jsonl"
+    val = [(x + 1, y) for x, y in _read_losses(path, "miou")] if path.is_file() else []
+    if not path.is_file():
+        out.append(_na(f"{STAGE2_DIR}/{name}/val.jsonl not found (no validation yet, a validation split without "
+                       "ground truth, or val_every=0)"))
+    elif not val:
+        out.append(_na(f"{STAGE2_DIR}/{name}/val.jsonl holds no finite mIoU yet"))
+    else:
+        best = max(val, key=lambda p: p[1])
+        note = (f"{len(val)} validation(s), best {best[1]:.1f} after {best[0]:g} iterations, last {val[-1][1]:.1f} "
+                "(on the validation split's ground truth)")
+        out.append(f"<figure style=\"max-width:none\">"
+                   f"{loss_svg(_bin_means(val, MAX_CURVE_POINTS), f'{name}: validation mIoU (%)')}"
+                   f"<figcaption>{escape(note)}</figcaption></figure>")
+    return '<div class="row">' + "".join(out) + "</div>"
+
+
+def _stage2(run: _Run) -> str:
+    root = run.path / STAGE2_DIR
+    recorded = sorted(k.split("/", 1)[1] for k in run.stages if k.startswith(f"{STAGE2_DIR}/"))
+    if not root.is_dir():
+        return _na(f"stage II has not run (no {STAGE2_DIR}/ folder in this run); train a segmentation network on "
+                   f"the fine seeds with: {STAGE2_COMMAND.format(run=run.path)}")
+    nets = sorted(p for p in root.iterdir() if p.is_dir())
+    if not nets:
+        return _na(f"{STAGE2_DIR}/ holds no network folder yet; train one with: "
+                   f"{STAGE2_COMMAND.format(run=run.path)}")
+    out = ['<p class="note">Segmentation networks trained on the seeds (SPEC §11, App. G), their predictions and '
+           "refinements, like App. Tables S2/S3/S6.</p>"]
+    missing = [n for n in recorded if not (root / n).is_dir()]
+    if missing:
+        out.append(_na(f"in the manifest but without a folder: {', '.join(missing)}"))
+    for net_dir in nets:
+        out.append(f"<h3>{escape(net_dir.name)}</h3>")
+        out.append(_subsection(lambda d=net_dir: _stage2_facts(run, d)))
+        out.append(_subsection(lambda d=net_dir: _stage2_results(d)))
+        out.append(_subsection(lambda d=net_dir: _stage2_curves(d)))
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# (4) efficiency
 
 
 def learnable_parameters(path: str | Path) -> tuple[int, list[tuple[str, list[int], str]]]:
@@ -469,7 +794,7 @@ def _efficiency(run: _Run) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# (4) figures
+# (5) figures
 
 
 @dataclass
@@ -737,18 +1062,19 @@ def _figures(run: _Run, n_images: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# (5) training curves
+# (6) training curves
 
 
-def _read_losses(path: Path) -> list[tuple[float, float]]:
+def _read_losses(path: Path, key: str = "loss") -> list[tuple[float, float]]:
+    """The finite ``(iter, <key>)`` points of a JSON-lines log; unreadable lines are skipped."""
     points = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-            x, y = float(rec["iter"]), float(rec["loss"])
-        except (ValueError, KeyError, TypeError):
+            x, y = float(rec["iter"]), float(rec[key])
+        except (ValueError, KeyError, TypeError, IndexError):
             continue
         if math.isfinite(x) and math.isfinite(y):
             points.append((x, y))
@@ -842,6 +1168,7 @@ def build_report(run_dir: str | Path, n_images: int = 4) -> str:
         "A static page: everything is embedded.</p>",
         _guarded("Run", lambda: _header(run)),
         _guarded("Seed quality", lambda: _seed_quality(run)),
+        _guarded("Stage II: segmentation networks", lambda: _stage2(run)),
         _guarded("Efficiency", lambda: _efficiency(run)),
         _guarded("Figures", lambda: _figures(run, n_images)),
         _guarded("Training curves", lambda: _curves(run)),

@@ -1,0 +1,160 @@
+"""Stage II end to end on the demo run: train-seg on the fine seeds, predict, refine, evaluate, resume, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("segmentation_models_pytorch")
+
+from tag2mask.cli import main  # noqa: E402
+from tag2mask.errors import DataError, MissingWeightsError  # noqa: E402
+from tag2mask.evaluate import ConfusionMatrix  # noqa: E402
+from tag2mask.segmenters.predictions import load_prediction, prediction_labels  # noqa: E402
+from tag2mask.stages.common import open_split  # noqa: E402
+from tag2mask.stages.rundir import RunDir  # noqa: E402
+from tag2mask.stages.train_seg import run_train_seg  # noqa: E402
+from tag2mask.viz.palette import read_label_png  # noqa: E402
+
+# a small DeepLabV3+: ResNet-18 encoder, no pretrained weights, the demo recipe's 64-px crops
+SMALL_DLV3 = ["backbone=resnet18", "backbone_weights=none", "output_stride=16", "batch_size=8"]
+TINY_M2F = ["backbone=tiny", "backbone_weights=none", "batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def trained(demo_run: tuple[Path, str]):  # -> tuple[RunDir, TrainSegResult]
+    run = RunDir.open(demo_run[0])
+    result = run_train_seg(run, "deeplabv3plus", [*SMALL_DLV3, "max_iter=200", "val_every=200", "log_every=20",
+                                                  "checkpoint_every=100"], show_progress=False)
+    return run, result
+
+
+def _all_background_miou(run: RunDir, split: str) -> float:
+    dataset = open_split(run.config, split)
+    conf = ConfusionMatrix(dataset.num_classes + 1)
+    for image_id in dataset.ids:
+        gt = dataset.load_mask(image_id)
+        conf.update(np.zeros_like(gt), gt)
+    return 100.0 * conf.miou()
+
+
+def test_deeplab_trained_on_demo_seeds_clearly_beats_all_background(trained) -> None:
+    run, result = trained
+    assert result.iterations == result.total_iterations == 200 and result.resumed_from == 0
+    baseline = _all_background_miou(run, "val")
+    assert baseline < 20
+    assert result.val and result.val[-1]["iter"] == 199
+    assert result.val[-1]["miou"] > baseline + 30  # ~75 on this machine: it learnt the shapes from the seeds
+    lines = [json.loads(x) for x in (result.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["iter"] for x in lines] == list(range(19, 200, 20))
+    assert lines[-1]["loss"] < 0.5 * lines[0]["loss"]
+    assert lines[0]["lr"] > lines[-1]["lr"] > 0  # poly decay towards min_lr
+    assert {p.name for p in (result.out_dir / "checkpoints").iterdir()} == {"iter_100.safetensors",
+                                                                          "iter_200.safetensors"}
+    info = json.loads((result.out_dir / "model.json").read_text())
+    assert info["net"] == "deeplabv3plus" and info["num_classes"] == 6 and info["total_iterations"] == 200
+    assert run.is_done("stage2/deeplabv3plus", run.stage_record("stage2/deeplabv3plus").config_hash)
+
+
+def test_predict_refine_and_evaluate_through_the_cli(trained, capsys: pytest.CaptureFixture[str]) -> None:
+    run, result = trained
+    assert main(["predict", "--checkpoint", str(result.out_dir)]) == 0
+    pred = result.out_dir / "predictions_val"
+    dataset = open_split(run.config, "val")
+    assert sorted(p.stem for p in pred.glob("*.npz")) == sorted(dataset.ids)
+    for image_id in dataset.ids[:3]:
+        prob, fg = load_prediction(pred / f"{image_id}.npz")
+        png = read_label_png(pred / f"{image_id}.png")
+        assert prob.shape == (1 + len(fg), *png.shape) == (1 + len(fg), *dataset.load_mask(image_id).shape)
+        assert np.array_equal(png, prediction_labels(prob, fg))
+        assert set(np.unique(png)) - {0} == {int(c) + 1 for c in fg}  # kept classes: those that win somewhere
+    evaluation = json.loads((pred / "evaluation.json").read_text())
+    # the same inference as the validation during training (up to the float16 rounding of the stored values)
+    assert 100 * evaluation["miou"] == pytest.approx(result.val[-1]["miou"], abs=0.2)
+    assert json.loads((pred / "predict.json").read_text())["split"] == "val"
+    capsys.readouterr()
+
+    assert main(["refine", "--predictions", str(pred), "--sweep", "1", "2"]) == 2  # no val superpixels yet
+    assert "tag2mask superpixels" in capsys.readouterr().err
+    assert main(["superpixels", "--run", str(run.path), "--split", "val"]) == 0
+    assert main(["refine", "--predictions", str(pred), "--sweep", "1", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "tuned on the ground truth of val" in printed and "network alone" in printed
+    refined = result.out_dir / "predictions_val_sams"
+    assert sorted(p.stem for p in refined.glob("*.png")) == sorted(dataset.ids)
+    record = json.loads((refined / "refine.json").read_text())
+    assert record["alpha"] in (1.0, 2.0) and len(record["sweep"]) == 2
+    refined_eval = json.loads((refined / "evaluation.json").read_text())
+    assert any("val" in line and "alpha" in line for line in refined_eval["protocol"]["tuned_on_gt"])
+
+    # `tag2mask evaluate --pred` on a refined folder carries the same ground-truth-tuning label
+    assert main(["evaluate", "--run", str(run.path), "--pred", str(refined), "--split", "val"]) == 0
+    report = json.loads((run.path / "evaluate" / "predictions_val_sams_val.json").read_text())
+    assert report["miou"] == pytest.approx(refined_eval["miou"])
+    assert any("alpha" in line for line in report["protocol"]["tuned_on_gt"])
+
+
+@pytest.mark.parametrize(("net", "recipe"), [("deeplabv3plus", SMALL_DLV3), ("mask2former", TINY_M2F)])
+def test_resumed_training_gives_the_same_weights_as_an_uninterrupted_run(
+    demo_run: tuple[Path, str], net: str, recipe: list[str]
+) -> None:
+    from safetensors.torch import load_file
+
+    run = RunDir.open(demo_run[0])
+    common = [*recipe, "max_iter=5", "checkpoint_every=2", "val_every=0", "log_every=1"]
+    straight = run_train_seg(run, net, common, name=f"{net}-straight", show_progress=False)
+    first = run_train_seg(run, net, common, name=f"{net}-resumed", stop_at=3, show_progress=False)
+    assert first.iterations == 3 and not (first.out_dir / "model.safetensors").exists()
+    second = run_train_seg(run, net, common, name=f"{net}-resumed", show_progress=False)
+    assert second.resumed_from == 3 and second.iterations == 5
+    a = load_file(str(straight.out_dir / "model.safetensors"))
+    b = load_file(str(second.out_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k].numpy(), b[k].numpy()), k
+
+    def losses(folder: Path) -> list[float]:
+        return [json.loads(x)["loss"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(straight.out_dir) == losses(second.out_dir) and len(losses(second.out_dir)) == 5
+
+
+def test_tiny_mask2former_trains_and_predicts(demo_run: tuple[Path, str]) -> None:
+    from tag2mask.stages.predict import resolve_checkpoint, run_predict
+
+    run = RunDir.open(demo_run[0])
+    result = run_train_seg(run, "mask2former", [*TINY_M2F, "max_iter=3", "val_every=0"], name="m2f-tiny",
+                           show_progress=False)
+    assert result.iterations == 3 and np.isfinite(result.last_loss)
+    checkpoint = resolve_checkpoint(result.out_dir / "checkpoints" / "iter_3.safetensors")
+    assert checkpoint.tag == "iter_3"
+    out = run_predict(run.config, checkpoint, "val", limit=2, flip=True, classes="all", show_progress=False)
+    assert out.folder.name == "predictions_val_iter_3" and out.done == out.total == 2
+    prob, fg = load_prediction(next(out.folder.glob("*.npz")))
+    assert list(fg) == [0, 1, 2, 3, 4] and prob.shape[0] == 6
+    assert np.allclose(prob.sum(axis=0), 1.0, atol=5e-3)  # all classes kept: a distribution (float16 on disk)
+
+
+def test_missing_backbone_weights_fail_before_any_training(demo_run: tuple[Path, str]) -> None:
+    run = RunDir.open(demo_run[0])
+    with pytest.raises(MissingWeightsError) as e:
+        run_train_seg(run, "deeplabv3plus", ["max_iter=1"], name="needs-resnet101", show_progress=False)
+    assert "resnet101-63fe2227.pth" in str(e.value) and "download.pytorch.org" in str(e.value)
+    with pytest.raises(MissingWeightsError) as e:
+        run_train_seg(run, "mask2former", ["max_iter=1", "pretrain=in22k", "backbone=swin-l"], name="needs-swin",
+                      show_progress=False)
+    assert "swin-large-patch4-window12-384-in22k" in str(e.value)
+    assert not (run.path / "stage2" / "needs-resnet101").exists() and not (run.path / "stage2" / "needs-swin").exists()
+
+
+def test_labels_folder_must_cover_the_training_split(demo_run: tuple[Path, str], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    run = RunDir.open(demo_run[0])
+    with pytest.raises(DataError, match=r"48 of 48 training images have no label PNG"):
+        run_train_seg(run, "deeplabv3plus", SMALL_DLV3, labels_dir=tmp_path, show_progress=False)
+    assert main(["train-seg", "--run", str(run.path), "--net", "deeplabv3plus", "--labels", str(tmp_path / "no"),
+                 *SMALL_DLV3]) == 2
+    assert "does not exist" in capsys.readouterr().err
