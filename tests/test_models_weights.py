@@ -39,13 +39,20 @@ def test_registry_has_the_official_files() -> None:
     assert files["vit_h"][0] == "sam_vit_h_4b8939.pth"
     assert files["vit_l"][0] == "sam_vit_l_0b3195.pth"
     assert files["vit_b"][0] == "sam_vit_b_01ec64.pth"
+    assert files["resnet101"][0] == "resnet101-63fe2227.pth"
+    assert files["swin-l-in22k"][0] == "swin-large-patch4-window12-384-in22k.safetensors"
     for w in KNOWN_WEIGHTS:
-        assert w.url.startswith("https://") and w.url.endswith("/" + w.filename)
         if w.kind == "clip":
             sha = w.url.split("/")[-2]
             assert w.url.startswith("https://openaipublic.azureedge.net/clip/models/") and len(sha) == 64
-        else:
+            assert w.url.endswith("/" + w.filename)
+        elif w.kind == "sam":
             assert w.url == f"https://dl.fbaipublicfiles.com/segment_anything/{w.filename}"
+        elif w.cache == "torch":  # torchvision's files, under the name torch hub caches them
+            assert w.url == f"https://download.pytorch.org/models/{w.filename}"
+        else:  # Microsoft's Hugging Face checkpoints, stored under a name that says which one
+            assert w.url == f"https://huggingface.co/{w.hub_repo}/resolve/main/model.safetensors"
+            assert w.filename == w.hub_repo.split("/")[1] + ".safetensors"
 
 
 def test_existing_path_is_returned_as_is(tmp_path: Path, wdir: Path) -> None:

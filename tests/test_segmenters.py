@@ -34,11 +34,11 @@ from tag2mask.segmenters.augment import (  # noqa: E402
     train_sample,
 )
 from tag2mask.segmenters.base import IMAGENET_MEAN, IMAGENET_STD, normalise  # noqa: E402
+from tag2mask.models.checkpoint import read_state_dict  # noqa: E402
 from tag2mask.segmenters.deeplab import (  # noqa: E402
     DeepLabV3PlusSegmenter,
     build_deeplabv3plus,
     load_encoder_weights,
-    read_state_dict,
 )
 from tag2mask.segmenters.inference import pad_to_multiple, predict_probabilities  # noqa: E402
 from tag2mask.segmenters.loop import build_optimizer, load_weights, poly_lr, save_weights  # noqa: E402
@@ -543,13 +543,17 @@ def test_read_state_dict_unwraps_and_refuses(tmp_path: Path) -> None:
     plain = tmp_path / "plain.pt"
     torch.save(sd, plain)
     assert set(read_state_dict(str(plain))) == set(sd)
+    from safetensors.torch import save_file
+
+    save_file(sd, str(tmp_path / "plain.safetensors"))
+    assert set(read_state_dict(tmp_path / "plain.safetensors")) == set(sd)
     not_tensors = tmp_path / "meta.pth"
     torch.save({"epoch": 3, "lr": 0.1}, not_tensors)
     with pytest.raises(Tag2MaskError, match=r"meta\.pth.*state dict"):
         read_state_dict(not_tensors)
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"this is not a torch file")
-    with pytest.raises(Tag2MaskError, match=r"cannot read weight file .*corrupt\.pth"):
+    with pytest.raises(Tag2MaskError, match=r"cannot read model weight file .*corrupt\.pth"):
         read_state_dict(corrupt)
 
 
@@ -766,7 +770,10 @@ def test_default_recipes() -> None:
         4, "adamw", 1e-4, 0.1, 0.01, 32)
     assert (m.backbone, m.weight_decay, m.min_lr, m.cat_max_ratio) == ("swin-b", 0.05, 0.0, 1.0)
     s = default_recipe("deeplabv3plus", "synthetic")
-    assert s.crop_size == 64 and s.base_size == [0, 0] and s.epochs == 120
+    assert s.crop_size == 64 and s.base_size == [0, 0] and s.epochs == 40
+    assert (s.backbone, s.backbone_weights, s.output_stride, s.batch_size) == ("resnet18", "none", 16, 8)
+    t = default_recipe("mask2former", "synthetic")
+    assert (t.backbone, t.backbone_weights, t.small_head, t.batch_size) == ("tiny", "none", True, 4)
     assert default_recipe("deeplabv3plus", "folder").epochs == 120
     with pytest.raises(ConfigError, match="unknown network"):
         default_recipe("unet")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +161,23 @@ def test_labels_folder_must_cover_the_training_split(demo_run: tuple[Path, str],
     assert main(["train-seg", "--run", str(run.path), "--net", "deeplabv3plus", "--labels", str(tmp_path / "no"),
                  *SMALL_DLV3]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
+def test_train_seg_under_torchrun_trains_data_parallel(demo_run: tuple[Path, str]) -> None:
+    from safetensors.torch import load_file
+
+    run = RunDir.open(demo_run[0])
+    args = ["train-seg", "--run-dir", str(run.path), "--net", "deeplabv3plus", "--name", "ddp", *SMALL_DLV3,
+            "batch_size=4", "max_iter=3", "val_every=0", "log_every=1"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           "-m", "tag2mask.cli", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = run.path / "stage2" / "ddp"
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3  # rank 0 logs the mean over ranks, once
+    assert run.stage_record("stage2/ddp").status == "done"
+    final = load_file(str(out / "model.safetensors"))
+    last = load_file(str(out / "checkpoints" / "iter_3.safetensors"))
+    assert final.keys() == last.keys() and all(np.array_equal(final[k].numpy(), last[k].numpy()) for k in final)
+    assert all(np.isfinite(v.numpy()).all() for v in final.values())

@@ -594,13 +594,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     except ImportError:
         print(f"{'device':18s} unknown (torch is not installed)")
     print(f"{'weights folder':18s} {weights_dir()}  (set TAG2MASK_WEIGHTS to change)")
-    for name, filename, found in find_weights():
-        print(f"  {name:16s} {filename:24s} {found if found else 'not found'}")
+    rows = find_weights()
+    width = max(len(filename) for _, filename, _ in rows)
+    for name, filename, found in rows:
+        print(f"  {name:16s} {filename:{width}s} {found if found else 'not found'}")
     from tag2mask.models.weights import PACKAGED_WEIGHTS
 
     print(f"{'packaged models':18s} (ship with tag2mask)")
     for w in PACKAGED_WEIGHTS:
-        print(f"  {w.name:16s} {w.filename:24s} {w.path if w.path.is_file() else 'missing: reinstall tag2mask'}")
+        print(f"  {w.name:16s} {w.filename:{width}s} {w.path if w.path.is_file() else 'missing: reinstall tag2mask'}")
     return 0
 
 

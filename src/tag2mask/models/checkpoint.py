@@ -1,8 +1,9 @@
 """Read a weight file into a plain state dict, without running pickled code.
 
-Two layouts are read: a TorchScript archive (OpenAI's official CLIP ``.pt`` files), whose parameters are
-taken with ``torch.jit.load(...).state_dict()``, and a ``torch.save`` file of a state dict (optionally wrapped
-as ``{"state_dict": ...}``), read with ``torch.load(..., weights_only=True)``.
+Three layouts are read: a TorchScript archive (OpenAI's official CLIP ``.pt`` files), whose parameters are
+taken with ``torch.jit.load(...).state_dict()``; a ``.safetensors`` file; and a ``torch.save`` file of a state
+dict (optionally wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``), read with
+``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -38,10 +39,14 @@ def read_state_dict(path: str | os.PathLike[str], what: str = "model") -> dict[s
     """
     path = Path(path)
     try:
-        if is_torchscript(path):
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(path))
+        elif is_torchscript(path):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.9 flags torch.jit as deprecated
-                obj: object = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+                obj = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types (RuntimeError, UnpicklingError, EOFError, ...)
@@ -51,8 +56,9 @@ def read_state_dict(path: str | os.PathLike[str], what: str = "model") -> dict[s
             f"again), not a PyTorch checkpoint, or a checkpoint holding Python objects besides tensors, which "
             f"tag2mask does not unpickle (save its plain state dict instead)."
         ) from e
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
     if (
         not isinstance(obj, dict)
         or not obj

@@ -25,6 +25,7 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 """ImageNet RGB standard deviation on the 0..255 scale."""
 IGNORE_INDEX = 255
+STAGE2_MISSING = 'stage II needs the optional extra: pip install -e ".[stage2]" (segmentation-models-pytorch, transformers)'
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:

@@ -19,10 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tag2mask.errors import Tag2MaskError
-from tag2mask.segmenters.base import IGNORE_INDEX, Segmenter
-
-STAGE2_MISSING = 'stage II needs the optional extra: pip install -e ".[stage2]" (segmentation-models-pytorch, transformers)'
-
+from tag2mask.segmenters.base import IGNORE_INDEX, STAGE2_MISSING, Segmenter
 
 def _smp() -> Any:
     try:
@@ -32,31 +29,11 @@ def _smp() -> Any:
     return smp
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """A weight file's tensors: safetensors, or a torch file read with ``weights_only=True`` (never unpickled code).
-
-    A torch file that wraps the weights (``{"state_dict": …}`` or ``{"model": …}``) is unwrapped.
-    """
-    path = os.fspath(path)
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or foreign file: say which one
-        raise Tag2MaskError(f"cannot read weight file {path}: {e.__class__.__name__}: {e}") from None
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise Tag2MaskError(f"weight file {path} does not hold a state dict of tensors")
-    return obj
-
-
 def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str]) -> None:
     """Copy a torchvision-layout ResNet state dict into smp's ResNet ``encoder``; every encoder tensor must match."""
-    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith("fc.")}
+    from tag2mask.models.checkpoint import read_state_dict
+
+    state = {k: v for k, v in read_state_dict(path, "ResNet backbone").items() if not k.startswith("fc.")}
     own = encoder.state_dict()
     missing = [k for k in own if k not in state]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]

@@ -46,9 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tag2mask.errors import ConfigError, DataError, Tag2MaskError
-from tag2mask.segmenters.base import IGNORE_INDEX, Segmenter
+from tag2mask.segmenters.base import IGNORE_INDEX, STAGE2_MISSING, Segmenter
 
-STAGE2_MISSING = 'Mask2Former needs Hugging Face transformers, the optional extra: pip install -e ".[stage2]"'
 
 OUT_FEATURES = ("stage1", "stage2", "stage3", "stage4")
 
@@ -231,9 +230,9 @@ def load_swin_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> None
     ``swin.layernorm.*`` must be in the file with the same shape, and the file may hold no other backbone
     tensors; otherwise :class:`Tag2MaskError` names the file and the first offending keys.
     """
-    from tag2mask.segmenters.deeplab import read_state_dict
+    from tag2mask.models.checkpoint import read_state_dict
 
-    state = swin_backbone_state(read_state_dict(path))
+    state = swin_backbone_state(read_state_dict(path, "Swin backbone"))
     own = backbone.state_dict()
     optional = re.compile(r"^(hidden_states_norms\.|swin\.layernorm\.)")
     missing = [k for k in own if k not in state and not optional.search(k)]

@@ -114,7 +114,9 @@ _EPOCHS = {"voc": 120, "coco": 32}
 def default_recipe(net: str, dataset: str = "voc") -> SegmenterRecipe:
     """The App. G recipe of ``net`` for a dataset kind (``coco`` → 32 epochs; every other kind → VOC's 120).
 
-    The synthetic demo dataset's images are small: its recipe keeps the image size and crops 64 px.
+    The synthetic demo dataset gets a CPU-sized recipe that needs no weight file: the image size kept, 64-px crops,
+    40 epochs, and a small network trained from scratch (DeepLabV3+ on ResNet-18 at output stride 16, batch 8;
+    Mask2Former on the ``tiny`` Swin with a small head).
     """
     if net not in NETS:
         raise ConfigError(f"unknown network {net!r}; networks: {', '.join(NETS)}")
@@ -122,7 +124,11 @@ def default_recipe(net: str, dataset: str = "voc") -> SegmenterRecipe:
     _update(recipe, dict(_NET_DEFAULTS[net]))
     recipe.epochs = _EPOCHS.get(dataset, 120)
     if dataset == "synthetic":
-        recipe.base_size, recipe.crop_size = [0, 0], 64
+        recipe.base_size, recipe.crop_size, recipe.epochs, recipe.backbone_weights = [0, 0], 64, 40, "none"
+        if net == "deeplabv3plus":
+            recipe.backbone, recipe.output_stride, recipe.batch_size = "resnet18", 16, 8
+        else:
+            recipe.backbone, recipe.small_head = "tiny", True
     return recipe
 
 

@@ -32,7 +32,8 @@ from tag2mask.config import Config, config_from_dict
 from tag2mask.errors import ConfigError, Tag2MaskError
 from tag2mask.io import read_json, write_json, write_text
 
-_PACKAGES = ("tag2mask", "torch", "torchvision", "numpy", "open_clip_torch", "segment-anything", "pycocotools")
+_PACKAGES = ("tag2mask", "torch", "torchvision", "numpy", "open_clip_torch", "segment-anything", "pycocotools",
+             "segmentation-models-pytorch", "transformers")
 
 
 def versions() -> dict[str, str]:
