@@ -181,3 +181,19 @@ def test_train_seg_under_torchrun_trains_data_parallel(demo_run: tuple[Path, str
     last = load_file(str(out / "checkpoints" / "iter_3.safetensors"))
     assert final.keys() == last.keys() and all(np.array_equal(final[k].numpy(), last[k].numpy()) for k in final)
     assert all(np.isfinite(v.numpy()).all() for v in final.values())
+
+
+def test_show_prints_the_resolved_recipe_without_training(demo_run: tuple[Path, str],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    run = RunDir.open(demo_run[0])
+    assert main(["train-seg", "--run", str(run.path), "--net", "mask2former", "--show", "lr=0.5",
+                 "--backbone", "swin-t"]) == 0
+    printed = capsys.readouterr().out
+    recipe = yaml.safe_load(printed)
+    assert (recipe["net"], recipe["lr"], recipe["backbone"], recipe["batch_size"]) == ("mask2former", 0.5, "swin-t", 4)
+    assert "# 480 iterations on 48 training images (train)" in printed  # 40 epochs x 48 images / batch 4
+    assert not (run.path / "stage2" / "mask2former").exists()
+    assert main(["train-seg", "--run", str(run.path), "--net", "mask2former", "--show", "lr=fast"]) == 2
+    assert "lr: expected a number" in capsys.readouterr().err

@@ -112,9 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     ts.add_argument("--labels", metavar="DIR", help="train on these label PNGs (<id>.png) instead of RUN/seeds_fine")
     ts.add_argument("--name", help="output folder name under RUN/stage2 (default: the network)")
     ts.add_argument("--stop-after", type=int, metavar="N", help="stop after N iterations (resume later)")
+    ts.add_argument("--show", action="store_true", help="print the resolved recipe (YAML) and the iteration count, "
+                    "then exit without training")
     ts.add_argument("overrides", nargs="*", metavar="key=value",
-                    help="recipe overrides (batch_size=8 epochs=60 lr=0.005 ...; 'tag2mask train-seg --net NET "
-                    "--run RUN show' prints them) and dotted config overrides (runtime.device=cuda:1)")
+                    help="recipe overrides (batch_size=8 epochs=60 lr=0.005 ...; --show prints them all) and dotted "
+                    "config overrides (runtime.device=cuda:1)")
 
     pr = sub.add_parser(
         "predict",
@@ -452,6 +454,15 @@ def _cmd_train_seg(args: argparse.Namespace) -> int:
     from tag2mask.stages.rundir import RunDir
 
     config, run = _run_of(Path(args.run), args.run, config_items)
+    if args.show:
+        from tag2mask.segmenters.recipes import load_recipe, total_iterations
+        from tag2mask.stages.common import open_split
+
+        recipe = load_recipe(args.net, config.data.dataset, recipe_items)
+        n = len(open_split(config, config.data.train_split))
+        print(recipe.to_yaml(), end="")
+        print(f"# {total_iterations(recipe, n)} iterations on {n} training images ({config.data.train_split})")
+        return 0
     run = RunDir.create(run.path, config)  # records the config overrides (runtime.device=...) in config.yaml
     result = run_train_seg(run, args.net, recipe_items, labels_dir=args.labels, name=args.name,
                            stop_at=args.stop_after)
