@@ -365,3 +365,19 @@ def test_without_transformers_the_module_imports_and_building_says_how_to_instal
     module = importlib.import_module("tag2mask.segmenters.mask2former")
     with pytest.raises(Tag2MaskError, match=re.escape('pip install -e ".[stage2]"')):
         module.build_mask2former(NUM_CLASSES, "tiny")
+
+
+def test_legacy_and_current_swin_names_map_into_each_other() -> None:
+    # transformers < 5 names its Swin tensors the legacy way (attention.self.query ...): the loader maps the file
+    # to whichever names the installed SwinBackbone uses, so current -> legacy -> current must be the identity
+    from tag2mask.segmenters import mask2former as m2f
+
+    names = list(tiny_model().backbone.state_dict())
+    legacy = [m2f._legacy_name(k) for k in names]
+    assert "swin.encoder.layers.0.blocks.0.attention.self.query.weight" in legacy
+    assert "swin.encoder.layers.0.blocks.0.output.dense.weight" in legacy
+    for current, old in zip(names, legacy):
+        back = old
+        for pattern, repl in m2f._LEGACY_SWIN_RENAMES:
+            back = re.sub(pattern, repl, back)
+        assert back == current

@@ -217,6 +217,25 @@ def swin_backbone_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
+# The inverse of _LEGACY_SWIN_RENAMES, for transformers versions whose SwinBackbone still uses the legacy names.
+_CURRENT_TO_LEGACY: tuple[tuple[str, str], ...] = (
+    (r"\.attention\.q_proj\.", ".attention.self.query."),
+    (r"\.attention\.k_proj\.", ".attention.self.key."),
+    (r"\.attention\.v_proj\.", ".attention.self.value."),
+    (r"\.attention\.relative_position_bias\.relative_position_bias_table$",
+     ".attention.self.relative_position_bias_table"),
+    (r"\.attention\.o_proj\.", ".attention.output.dense."),
+    (r"\.mlp\.fc1\.", ".intermediate.dense."),
+    (r"\.mlp\.fc2\.", ".output.dense."),
+)
+
+
+def _legacy_name(name: str) -> str:
+    for pattern, repl in _CURRENT_TO_LEGACY:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
 def _first(keys: list[str], n: int = 4) -> str:
     """``a, b, c, d (+k more)``."""
     more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
@@ -234,6 +253,8 @@ def load_swin_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> None
 
     state = swin_backbone_state(read_state_dict(path, "Swin backbone"))
     own = backbone.state_dict()
+    if any(".attention.self.query." in k for k in own):  # transformers < 5 names its Swin tensors the legacy way
+        state = {_legacy_name(k): v for k, v in state.items()}
     optional = re.compile(r"^(hidden_states_norms\.|swin\.layernorm\.)")
     missing = [k for k in own if k not in state and not optional.search(k)]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
