@@ -197,3 +197,16 @@ def test_show_prints_the_resolved_recipe_without_training(demo_run: tuple[Path, 
     assert not (run.path / "stage2" / "mask2former").exists()
     assert main(["train-seg", "--run", str(run.path), "--net", "mask2former", "--show", "lr=fast"]) == 2
     assert "lr: expected a number" in capsys.readouterr().err
+
+
+def test_each_torchrun_process_takes_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tag2mask.stages.common import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == resolve_device("cuda") == "cuda:3"  # "auto" too: not every rank on GPU 0
+    assert resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("auto") == "cuda"

@@ -40,11 +40,14 @@ def cache_dir(config: Config) -> Path:
 
 
 def resolve_device(name: str = "auto") -> str:
-    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; other names are checked and returned."""
+    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; other names are checked and returned.
+
+    Under torchrun, ``"cuda"`` (and ``"auto"`` on a GPU machine) becomes ``"cuda:<LOCAL_RANK>"``: one GPU per process.
+    """
     import torch
 
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"runtime.device={name!r} but no CUDA device is visible; use runtime.device=cpu")
     if os.environ.get("LOCAL_RANK") and name == "cuda":
@@ -129,6 +132,10 @@ def join_process_group(config: Config) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not dist.is_initialized():
         device = resolve_device(config.runtime.device)
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.set_device(torch.device(device))  # NCCL's collectives then use this process's own GPU
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
