@@ -774,6 +774,7 @@ def test_default_recipes() -> None:
     assert (s.backbone, s.backbone_weights, s.output_stride, s.batch_size) == ("resnet18", "none", 16, 8)
     t = default_recipe("mask2former", "synthetic")
     assert (t.backbone, t.backbone_weights, t.small_head, t.batch_size) == ("tiny", "none", True, 4)
+    assert (t.num_queries, t.lr, t.backbone_lr_mult, t.epochs) == (8, 1e-3, 1.0, 160)
     assert default_recipe("deeplabv3plus", "folder").epochs == 120
     with pytest.raises(ConfigError, match="unknown network"):
         default_recipe("unet")

@@ -193,7 +193,7 @@ def test_show_prints_the_resolved_recipe_without_training(demo_run: tuple[Path, 
     printed = capsys.readouterr().out
     recipe = yaml.safe_load(printed)
     assert (recipe["net"], recipe["lr"], recipe["backbone"], recipe["batch_size"]) == ("mask2former", 0.5, "swin-t", 4)
-    assert "# 480 iterations on 48 training images (train)" in printed  # 40 epochs x 48 images / batch 4
+    assert "# 1920 iterations on 48 training images (train)" in printed  # 160 epochs x 48 images / batch 4
     assert not (run.path / "stage2" / "mask2former").exists()
     assert main(["train-seg", "--run", str(run.path), "--net", "mask2former", "--show", "lr=fast"]) == 2
     assert "lr: expected a number" in capsys.readouterr().err

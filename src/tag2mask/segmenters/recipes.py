@@ -115,8 +115,8 @@ def default_recipe(net: str, dataset: str = "voc") -> SegmenterRecipe:
     """The App. G recipe of ``net`` for a dataset kind (``coco`` → 32 epochs; every other kind → VOC's 120).
 
     The synthetic demo dataset gets a CPU-sized recipe that needs no weight file: the image size kept, 64-px crops,
-    40 epochs, and a small network trained from scratch (DeepLabV3+ on ResNet-18 at output stride 16, batch 8;
-    Mask2Former on the ``tiny`` Swin with a small head).
+    and a small network trained from scratch: DeepLabV3+ on ResNet-18 at output stride 16, batch 8, 40 epochs;
+    Mask2Former on the ``tiny`` Swin with a small head and 8 queries, lr 1e-3 everywhere, 160 epochs.
     """
     if net not in NETS:
         raise ConfigError(f"unknown network {net!r}; networks: {', '.join(NETS)}")
@@ -127,8 +127,9 @@ def default_recipe(net: str, dataset: str = "voc") -> SegmenterRecipe:
         recipe.base_size, recipe.crop_size, recipe.epochs, recipe.backbone_weights = [0, 0], 64, 40, "none"
         if net == "deeplabv3plus":
             recipe.backbone, recipe.output_stride, recipe.batch_size = "resnet18", 16, 8
-        else:
-            recipe.backbone, recipe.small_head = "tiny", True
+        else:  # a from-scratch transformer learns slowly: more epochs, a larger step, no backbone slow-down
+            recipe.backbone, recipe.small_head, recipe.num_queries = "tiny", True, 8
+            recipe.epochs, recipe.lr, recipe.backbone_lr_mult = 160, 1e-3, 1.0
     return recipe
 
 
