@@ -210,3 +210,31 @@ def test_each_torchrun_process_takes_its_own_gpu(monkeypatch: pytest.MonkeyPatch
     assert resolve_device("cuda:1") == "cuda:1" and resolve_device("cpu") == "cpu"
     monkeypatch.delenv("LOCAL_RANK")
     assert resolve_device("auto") == "cuda"
+
+
+def test_ctrl_c_keeps_the_finished_iterations(demo_run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    from tag2mask.segmenters.deeplab import DeepLabV3PlusSegmenter
+
+    run = RunDir.open(demo_run[0])
+    common = [*SMALL_DLV3, "batch_size=4", "max_iter=5", "checkpoint_every=100", "val_every=0"]
+    straight = run_train_seg(run, "deeplabv3plus", common, name="ki-straight", show_progress=False)
+    real_loss, calls = DeepLabV3PlusSegmenter.loss, []
+
+    def interrupted_loss(self, images, labels):  # noqa: ANN001, ANN202
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # Ctrl-C during the 4th iteration
+        return real_loss(self, images, labels)
+
+    monkeypatch.setattr(DeepLabV3PlusSegmenter, "loss", interrupted_loss)
+    with pytest.raises(KeyboardInterrupt):
+        run_train_seg(run, "deeplabv3plus", common, name="ki", show_progress=False)
+    out = run.path / "stage2" / "ki"
+    assert json.loads((out / "resume.json").read_text())["iteration"] == 3  # no checkpoint was due: saved on Ctrl-C
+    monkeypatch.setattr(DeepLabV3PlusSegmenter, "loss", real_loss)
+    resumed = run_train_seg(run, "deeplabv3plus", common, name="ki", show_progress=False)
+    assert resumed.resumed_from == 3
+    a, b = load_file(str(straight.out_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)

@@ -15,7 +15,8 @@ and each rank takes its slice of every global batch.
 Files in ``out_dir``: ``metrics.jsonl`` (``iter``, ``loss``, ``lr``, ``seconds`` every ``log_every``
 iterations), ``val.jsonl`` (``iter``, ``miou`` at each validation), ``checkpoints/iter_<n>.safetensors``
 (weights), ``resume.safetensors`` + ``resume.json`` (weights, optimiser state, scaler, iteration) and, at the end,
-``model.safetensors``. Everything is written atomically; no pickle.
+``model.safetensors``. Everything is written atomically; no pickle. An interrupted run (Ctrl-C) saves its resume
+state at the last finished iteration before it stops.
 """
 
 from __future__ import annotations
@@ -241,56 +242,63 @@ def train_segmenter(
     val_rows: list[dict[str, float]] = []
     model.train()
     it = iter(loader)
-    for t in range(start, stop):
-        lr = poly_lr(t, total_iter, recipe.lr, recipe.min_lr, recipe.poly_power)
-        for g in optimizer.param_groups:
-            g["lr"] = poly_lr(t, total_iter, recipe.lr * g["lr_mult"], recipe.min_lr, recipe.poly_power)
-        images, labels = (x.to(device, non_blocking=True) for x in next(it))
-        torch.manual_seed(recipe.seed * 1_000_003 + t)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, use_amp):
-            loss = net(images, labels)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        if recipe.grad_clip > 0:
+    completed = start  # iterations whose optimiser step has finished
+    try:
+        for t in range(start, stop):
+            lr = poly_lr(t, total_iter, recipe.lr, recipe.min_lr, recipe.poly_power)
+            for g in optimizer.param_groups:
+                g["lr"] = poly_lr(t, total_iter, recipe.lr * g["lr_mult"], recipe.min_lr, recipe.poly_power)
+            images, labels = (x.to(device, non_blocking=True) for x in next(it))
+            torch.manual_seed(recipe.seed * 1_000_003 + t)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast(device, use_amp):
+                loss = net(images, labels)
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            if recipe.grad_clip > 0:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
             if scaler is not None:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        value = float(loss.detach())
-        if world > 1:
-            v = torch.tensor([value], dtype=torch.float64, device=device)
-            dist.all_reduce(v)
-            value = float(v) / world
-        last = value
-        window.append(value)
-        done = t + 1
-        if rank == 0 and (done % recipe.log_every == 0 or done == stop):
-            with open(metrics, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"iter": t, "loss": float(np.mean(window)), "lr": lr,
-                                    "seconds": round(time.perf_counter() - t0, 3)}) + "\n")
-            window = []
-        checkpoint = done % recipe.checkpoint_every == 0 or done == total_iter
-        if rank == 0 and validate is not None and recipe.val_every and (done % recipe.val_every == 0
-                                                                         or done == total_iter):
-            model.eval()
-            miou = float(validate(model))
-            model.train()
-            val_rows.append({"iter": t, "miou": miou})
-            with open(val_log, "a", encoding="utf-8") as f:
-                f.write(json.dumps(val_rows[-1]) + "\n")
-            bar.write(f"iteration {done}: validation mIoU {miou:.1f}")
-        if rank == 0 and (checkpoint or done == stop):
-            if checkpoint:
-                save_weights(out_dir / "checkpoints" / f"iter_{done}.safetensors", model)
-            _save_resume(out_dir, done, model, optimizer, scaler, recipe_hash)
-        if world > 1 and (checkpoint or done == stop):
-            dist.barrier()
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.2g}")
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            completed = t + 1
+            value = float(loss.detach())
+            if world > 1:
+                v = torch.tensor([value], dtype=torch.float64, device=device)
+                dist.all_reduce(v)
+                value = float(v) / world
+            last = value
+            window.append(value)
+            done = t + 1
+            if rank == 0 and (done % recipe.log_every == 0 or done == stop):
+                with open(metrics, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"iter": t, "loss": float(np.mean(window)), "lr": lr,
+                                        "seconds": round(time.perf_counter() - t0, 3)}) + "\n")
+                window = []
+            checkpoint = done % recipe.checkpoint_every == 0 or done == total_iter
+            if rank == 0 and validate is not None and recipe.val_every and (done % recipe.val_every == 0
+                                                                             or done == total_iter):
+                model.eval()
+                miou = float(validate(model))
+                model.train()
+                val_rows.append({"iter": t, "miou": miou})
+                with open(val_log, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(val_rows[-1]) + "\n")
+                bar.write(f"iteration {done}: validation mIoU {miou:.1f}")
+            if rank == 0 and (checkpoint or done == stop):
+                if checkpoint:
+                    save_weights(out_dir / "checkpoints" / f"iter_{done}.safetensors", model)
+                _save_resume(out_dir, done, model, optimizer, scaler, recipe_hash)
+            if world > 1 and (checkpoint or done == stop):
+                dist.barrier()
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.2g}")
+    except KeyboardInterrupt:  # Ctrl-C: keep what is done, so that the same command resumes right here
+        if rank == 0 and completed > start:
+            _save_resume(out_dir, completed, model, optimizer, scaler, recipe_hash)
+        raise
     bar.close()
     final = out_dir / "model.safetensors"
     if stop == total_iter:
