@@ -48,7 +48,7 @@ from tag2mask.config import Config
 from tag2mask.errors import ConfigError, DataError, Tag2MaskError
 from tag2mask.evaluate import ConfusionMatrix
 from tag2mask.io import read_json, write_json
-from tag2mask.segmenters.predictions import load_prediction
+from tag2mask.segmenters.predictions import load_prediction, prediction_labels
 from tag2mask.stages.common import open_split, progress
 from tag2mask.stages.rundir import ItemsResult, pending, shard
 from tag2mask.viz.palette import write_label_png
@@ -148,9 +148,7 @@ def refine_one(
 
     if image is None:
         raise ValueError("CRF refinement needs the image")
-    q = dense_crf(image, prob, crf)
-    lut = np.concatenate([np.zeros(1, np.int64), fg + 1]).astype(np.uint8)
-    return lut[np.argmax(q, axis=0)]
+    return prediction_labels(dense_crf(image, prob, crf), fg)
 
 
 # ----------------------------------------------------------------------------------------------------------------
