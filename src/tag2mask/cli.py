@@ -547,6 +547,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     report = write_report(run_dir)
     print(f"tag2mask run: finished in {total:.1f} s; fine seeds in {run_dir / 'seeds_fine'}; report {report}")
+    print(f"next, stage II: tag2mask train-seg --run {run_dir} --net deeplabv3plus (or mask2former)")
     return 0
 
 
@@ -653,6 +654,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"{m['all_background']:.1f}: fine beats argmax by {m['seeds_fine'] - argmax:+.1f} and all background "
               f"by {m['seeds_fine'] - m['all_background']:+.1f} points")
     print(f"fine seeds: {out / 'seeds_fine'}; report: {report} ({time.perf_counter() - t0:.0f} s in all)")
+    print(f"next, stage II (about a minute): tag2mask train-seg --run {out} --net deeplabv3plus")
     return 0
 
 

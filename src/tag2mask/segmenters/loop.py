@@ -221,7 +221,8 @@ def train_segmenter(
             lo = rank * per_rank
             yield [(int(idx[k]), t, k) for k in range(lo, lo + per_rank)]
 
-    loader = torch.utils.data.DataLoader(data, batch_sampler=batches(), num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=batches(), num_workers=num_workers,
+                                         pin_memory=device.startswith("cuda"))
     net: torch.nn.Module = model
     if world > 1:
         if device.startswith("cuda"):
