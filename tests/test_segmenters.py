@@ -411,7 +411,7 @@ def test_deeplab_loss_is_finite_and_reaches_encoder_and_decoder(model: DeepLabV3
     model.zero_grad(set_to_none=True)
 
 
-def test_deeplab_loss_ignores_255_and_equals_hand_cross_entropy(model: DeepLabV3PlusSegmenter) -> None:
+def test_deeplab_loss_is_mmseg_cross_entropy_over_all_pixels(model: DeepLabV3PlusSegmenter) -> None:
     model.eval()  # no dropout, batch norm on running statistics: the same input gives the same logits
     images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -426,9 +426,9 @@ def test_deeplab_loss_ignores_255_and_equals_hand_cross_entropy(model: DeepLabV3
         z = logits[0, :, y, x].tolist()
         return math.log(sum(math.exp(v) for v in z)) - z[c]
 
-    assert one == pytest.approx(ce(3, 10, 20), rel=1e-5)
-    # averaged over the labelled pixels only
-    assert two == pytest.approx((ce(3, 10, 20) + ce(0, 40, 7)) / 2, rel=1e-5)
+    # MMSeg's CrossEntropyLoss (avg_non_ignore=False): ignored pixels add 0 to the sum but count in the mean
+    assert one == pytest.approx(ce(3, 10, 20) / (64 * 64), rel=1e-5)
+    assert two == pytest.approx((ce(3, 10, 20) + ce(0, 40, 7)) / (64 * 64), rel=1e-5)
 
 
 def test_deeplab_all_ignore_labels_give_zero_loss_with_zero_gradients(model: DeepLabV3PlusSegmenter) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,8 @@ def test_predict_refine_and_evaluate_through_the_cli(trained, capsys: pytest.Cap
     refined = result.out_dir / "predictions_val_sams"
     assert sorted(p.stem for p in refined.glob("*.png")) == sorted(dataset.ids)
     record = json.loads((refined / "refine.json").read_text())
-    assert record["alpha"] in (1.0, 2.0) and len(record["sweep"]) == 2
+    table = {row["alpha"]: row["miou"] for row in record["sweep"]}
+    assert sorted(table) == [1.0, 2.0] and record["alpha"] == max(table, key=table.get)
     refined_eval = json.loads((refined / "evaluation.json").read_text())
     assert any("val" in line and "alpha" in line for line in refined_eval["protocol"]["tuned_on_gt"])
 
@@ -144,11 +146,12 @@ def test_tiny_mask2former_trains_and_predicts(demo_run: tuple[Path, str]) -> Non
 def test_missing_backbone_weights_fail_before_any_training(demo_run: tuple[Path, str]) -> None:
     run = RunDir.open(demo_run[0])
     with pytest.raises(MissingWeightsError) as e:
-        run_train_seg(run, "deeplabv3plus", ["max_iter=1"], name="needs-resnet101", show_progress=False)
+        run_train_seg(run, "deeplabv3plus", ["max_iter=1", "backbone=resnet101", "backbone_weights=auto"],
+                      name="needs-resnet101", show_progress=False)
     assert "resnet101-63fe2227.pth" in str(e.value) and "download.pytorch.org" in str(e.value)
     with pytest.raises(MissingWeightsError) as e:
-        run_train_seg(run, "mask2former", ["max_iter=1", "pretrain=in22k", "backbone=swin-l"], name="needs-swin",
-                      show_progress=False)
+        run_train_seg(run, "mask2former", ["max_iter=1", "pretrain=in22k", "backbone=swin-l", "backbone_weights=auto"],
+                      name="needs-swin", show_progress=False)
     assert "swin-large-patch4-window12-384-in22k" in str(e.value)
     assert not (run.path / "stage2" / "needs-resnet101").exists() and not (run.path / "stage2" / "needs-swin").exists()
 
@@ -178,9 +181,15 @@ def test_train_seg_under_torchrun_trains_data_parallel(demo_run: tuple[Path, str
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3  # rank 0 logs the mean over ranks, once
     assert run.stage_record("stage2/ddp").status == "done"
     final = load_file(str(out / "model.safetensors"))
-    last = load_file(str(out / "checkpoints" / "iter_3.safetensors"))
-    assert final.keys() == last.keys() and all(np.array_equal(final[k].numpy(), last[k].numpy()) for k in final)
     assert all(np.isfinite(v.numpy()).all() for v in final.values())
+    # it trained: the weights moved away from the recipe's seeded initialisation
+    from tag2mask.segmenters.recipes import load_recipe
+    from tag2mask.stages.train_seg import build_segmenter
+
+    init = build_segmenter(load_recipe("deeplabv3plus", "synthetic", SMALL_DLV3), 6).state_dict()
+    assert final.keys() == init.keys()
+    moved = [k for k in final if k.endswith("weight") and not np.allclose(final[k].numpy(), init[k].numpy())]
+    assert len(moved) > 0.9 * sum(k.endswith("weight") for k in final)
 
 
 def test_show_prints_the_resolved_recipe_without_training(demo_run: tuple[Path, str],
@@ -224,17 +233,66 @@ def test_ctrl_c_keeps_the_finished_iterations(demo_run: tuple[Path, str], monkey
 
     def interrupted_loss(self, images, labels):  # noqa: ANN001, ANN202
         calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt  # Ctrl-C during the 4th iteration
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the 3rd iteration
+        if len(calls) == 5:
+            raise AssertionError("training went on after Ctrl-C")
         return real_loss(self, images, labels)
 
     monkeypatch.setattr(DeepLabV3PlusSegmenter, "loss", interrupted_loss)
     with pytest.raises(KeyboardInterrupt):
         run_train_seg(run, "deeplabv3plus", common, name="ki", show_progress=False)
     out = run.path / "stage2" / "ki"
-    assert json.loads((out / "resume.json").read_text())["iteration"] == 3  # no checkpoint was due: saved on Ctrl-C
+    # the 3rd iteration finished, then the run stopped and saved its state there (no checkpoint was due)
+    assert len(calls) == 3 and json.loads((out / "resume.json").read_text())["iteration"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
     monkeypatch.setattr(DeepLabV3PlusSegmenter, "loss", real_loss)
     resumed = run_train_seg(run, "deeplabv3plus", common, name="ki", show_progress=False)
     assert resumed.resumed_from == 3
     a, b = load_file(str(straight.out_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_another_recipe_is_refused_unless_overwrite(demo_run: tuple[Path, str]) -> None:
+    from tag2mask.errors import Tag2MaskError
+
+    run = RunDir.open(demo_run[0])
+    common = [*SMALL_DLV3, "batch_size=4", "max_iter=2", "val_every=0"]
+    first = run_train_seg(run, "deeplabv3plus", common, name="guarded", show_progress=False)
+    with pytest.raises(Tag2MaskError, match=r"another recipe \(lr: 0.01 -> 0.02\).*--overwrite"):
+        run_train_seg(run, "deeplabv3plus", [*common, "lr=0.02"], name="guarded", show_progress=False)
+    assert (first.out_dir / "model.safetensors").is_file()  # nothing was deleted
+    # neutral keys (logging, validation, test settings) are not another recipe
+    again = run_train_seg(run, "deeplabv3plus", [*common, "log_every=1"], name="guarded", show_progress=False)
+    assert again.resumed_from == 2
+    replaced = run_train_seg(run, "deeplabv3plus", [*common, "lr=0.02"], name="guarded", overwrite=True,
+                             show_progress=False)
+    assert replaced.resumed_from == 0 and replaced.iterations == 2
+
+
+def test_resuming_needs_no_backbone_file(demo_run: tuple[Path, str], tmp_path: Path) -> None:
+    import torchvision
+
+    run = RunDir.open(demo_run[0])
+    weights = tmp_path / "resnet18-f37072fd.pth"
+    torch = pytest.importorskip("torch")
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    common = [*SMALL_DLV3, f"backbone_weights={weights}", "batch_size=4", "max_iter=3", "val_every=0"]
+    run_train_seg(run, "deeplabv3plus", common, name="pretrained", stop_at=1, show_progress=False)
+    weights.unlink()  # e.g. the job moved to a machine without the ImageNet file
+    resumed = run_train_seg(run, "deeplabv3plus", common, name="pretrained", show_progress=False)
+    assert resumed.resumed_from == 1 and resumed.iterations == 3
+
+
+def test_predict_refuses_to_mix_settings_in_one_folder(trained) -> None:
+    from tag2mask.errors import Tag2MaskError
+    from tag2mask.stages.predict import resolve_checkpoint, run_predict
+
+    run, result = trained
+    checkpoint = resolve_checkpoint(result.out_dir)
+    out = result.out_dir / "predictions_mixed"
+    run_predict(run.config, checkpoint, "val", out, limit=2, show_progress=False)
+    with pytest.raises(Tag2MaskError, match=r"other settings \(flip: False -> True\)"):
+        run_predict(run.config, checkpoint, "val", out, limit=2, flip=True, show_progress=False)
+    again = run_predict(run.config, checkpoint, "val", out, limit=2, show_progress=False)
+    assert again.computed == 0 and again.done == 2

@@ -112,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     ts.add_argument("--labels", metavar="DIR", help="train on these label PNGs (<id>.png) instead of RUN/seeds_fine")
     ts.add_argument("--name", help="output folder name under RUN/stage2 (default: the network)")
     ts.add_argument("--stop-after", type=int, metavar="N", help="stop after N iterations (resume later)")
+    ts.add_argument("--overwrite", action="store_true",
+                    help="replace a network of the same name trained with another recipe (default: refuse)")
     ts.add_argument("--show", action="store_true", help="print the resolved recipe (YAML) and the iteration count, "
                     "then exit without training")
     ts.add_argument("overrides", nargs="*", metavar="key=value",
@@ -443,6 +445,14 @@ def _evaluate_into(config, folder: Path, split: str, limit: int | None, tuned: l
     return miou_percent(report)
 
 
+def _count_files(folder: Path, config, split: str, limit: int | None, suffix: str) -> int:  # noqa: ANN001
+    """How many images of ``split`` (its first ``limit``) have ``folder/<id><suffix>``."""
+    from tag2mask.stages.common import open_split
+
+    ids = open_split(config, split).ids
+    return sum((folder / f"{i}{suffix}").is_file() for i in (ids[:limit] if limit else ids))
+
+
 def _cmd_train_seg(args: argparse.Namespace) -> int:
     from tag2mask.stages.train_seg import run_train_seg
 
@@ -465,7 +475,7 @@ def _cmd_train_seg(args: argparse.Namespace) -> int:
         return 0
     run = RunDir.create(run.path, config)  # records the config overrides (runtime.device=...) in config.yaml
     result = run_train_seg(run, args.net, recipe_items, labels_dir=args.labels, name=args.name,
-                           stop_at=args.stop_after)
+                           stop_at=args.stop_after, overwrite=args.overwrite)
     print(f"train-seg {args.name or args.net}: iterations {result.resumed_from}..{result.iterations} of "
           f"{result.total_iterations} ({result.seconds:.1f} s), last loss {result.last_loss:.4g}")
     if result.val:
@@ -486,8 +496,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                          scales=args.scales, classes=args.classes, limit=args.limit, rank=rank, world_size=world)
     print(f"predict: {result.done}/{result.total} images of {args.split} in {result.folder} "
           f"({result.computed} computed now, {result.seconds:.1f} s)")
+    if world > 1 and not args.shard:
+        from tag2mask.stages.common import barrier
+
+        barrier()  # every rank has written its share: count again
+        result.done = _count_files(result.folder, config, args.split, args.limit, ".npz")
     if rank == 0 and result.complete and not args.shard:
-        miou = _evaluate_into(config, result.folder, args.split, args.limit, [])
+        tuned = []
+        if checkpoint.tag != "final":
+            tuned.append(f"checkpoint {checkpoint.tag} evaluated on {args.split}: if it was picked by the training's "
+                         f"validation mIoU on this split, the number is tuned on this ground truth (SPEC §13 item 9)")
+        miou = _evaluate_into(config, result.folder, args.split, args.limit, tuned)
         if miou is not None:
             print(f"mIoU {miou:.2f} % vs ground truth of {args.split} (report: {result.folder / 'evaluation.md'})")
     return 0
@@ -518,13 +537,20 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     if result.sweep:
         cells = ", ".join(f"{a:g}: {100 * v:.2f}" for a, v in result.sweep.items())
         print(f"alpha sweep (mIoU %, tuned on the ground truth of {split}: not a held-out number): {cells}")
+    if world > 1 and not args.shard:
+        from tag2mask.stages.common import barrier
+
+        barrier()  # every rank has written its share: count again
+        result.done = _count_files(result.folder, config, split, args.limit, ".png")
     if rank == 0 and result.complete and not args.shard:
         miou = _evaluate_into(config, result.folder, split, args.limit, tuned_on_gt_lines(result.folder))
         if miou is not None:
             before = pred / "evaluation.json"
             gain = ""
-            if before.is_file():
-                base = 100.0 * read_json(before)["miou"]
+            base_report = read_json(before) if before.is_file() else {}
+            same_images = base_report.get("protocol", {}).get("num_images") == result.total
+            if base_report.get("miou") is not None and same_images:
+                base = 100.0 * base_report["miou"]
                 gain = f" (network alone {base:.2f} %, {miou - base:+.2f})"
             print(f"mIoU {miou:.2f} % vs ground truth of {split}{gain} (report: {result.folder / 'evaluation.md'})")
     return 0

@@ -6,7 +6,11 @@ encoder come from torchvision's own ResNet files (``resnet101-63fe2227.pth`` …
 :func:`tag2mask.models.weights.resolve_weight` in the tag2mask weights folder or torch hub's cache; smp's ResNet
 encoders are torchvision ResNets, so the file loads key for key (its ``fc`` classifier is dropped).
 
-Loss: pixel cross-entropy with ``ignore_index=255``, averaged over the labelled pixels (MMSeg's decode-head loss).
+Loss: pixel cross-entropy with ``ignore_index=255``, summed over the labelled pixels and divided by the number of
+*all* pixels, ignored and padded ones included: MMSeg's ``CrossEntropyLoss`` with its default ``avg_non_ignore=False``.
+Other differences from MMSeg's DeepLabV3+ (on purpose: we use smp's network as it is): a 256-channel decoder
+(MMSeg: 512), ASPP dropout 0.5 (MMSeg: 0.1 before the classifier), torchvision's ResNet (MMSeg: ResNetV1c with a
+deep stem), no auxiliary FCN head.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tag2mask.errors import Tag2MaskError
+from tag2mask.errors import ConfigError, Tag2MaskError
 from tag2mask.segmenters.base import IGNORE_INDEX, STAGE2_MISSING, Segmenter
 
 def _smp() -> Any:
@@ -55,9 +59,14 @@ class DeepLabV3PlusSegmenter(Segmenter):
         super().__init__()
         smp = _smp()
         self.num_classes = int(num_classes)
-        self.net = smp.DeepLabV3Plus(
-            encoder_name=encoder, encoder_weights=None, encoder_output_stride=output_stride, classes=self.num_classes
-        )
+        try:
+            self.net = smp.DeepLabV3Plus(
+                encoder_name=encoder, encoder_weights=None, encoder_output_stride=output_stride,
+                classes=self.num_classes,
+            )
+        except KeyError:
+            raise ConfigError(f"segmentation-models-pytorch has no encoder {encoder!r} (e.g. resnet101, resnet50, "
+                              "resnet18; see smp's encoder list)") from None
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """``B×K×H×W`` class logits at the input size (H and W multiples of 32 are needed by smp; see inference)."""
@@ -65,9 +74,8 @@ class DeepLabV3PlusSegmenter(Segmenter):
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = self.logits(images)
-        if not bool((labels != IGNORE_INDEX).any()):
-            return logits.sum() * 0.0  # nothing labelled: a zero that still reaches every parameter
-        return F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX)
+        per_pixel = F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX, reduction="none")
+        return per_pixel.sum() / labels.numel()  # ignored pixels count 0 in the sum and 1 in the mean (MMSeg)
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(images).float(), dim=1)

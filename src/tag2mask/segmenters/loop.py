@@ -15,8 +15,8 @@ and each rank takes its slice of every global batch.
 Files in ``out_dir``: ``metrics.jsonl`` (``iter``, ``loss``, ``lr``, ``seconds`` every ``log_every``
 iterations), ``val.jsonl`` (``iter``, ``miou`` at each validation), ``checkpoints/iter_<n>.safetensors``
 (weights), ``resume.safetensors`` + ``resume.json`` (weights, optimiser state, scaler, iteration) and, at the end,
-``model.safetensors``. Everything is written atomically; no pickle. An interrupted run (Ctrl-C) saves its resume
-state at the last finished iteration before it stops.
+``model.safetensors``. Everything is written atomically; no pickle. Ctrl-C lets the current iteration finish, saves
+the resume state there and stops (a second Ctrl-C stops at once).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from tag2mask.data.base import SegDataset
+from tag2mask.data.base import SegDataset, check_label_ids, read_mask_png
 from tag2mask.errors import ConfigError, DataError
 from tag2mask.io import atomic_write, read_json, write_json
 from tag2mask.segmenters.augment import train_sample
@@ -40,9 +40,9 @@ from tag2mask.segmenters.base import Segmenter
 from tag2mask.segmenters.inference import autocast
 from tag2mask.segmenters.recipes import SegmenterRecipe
 from tag2mask.train.loop import iteration_indices, truncate_metrics
-from tag2mask.viz.palette import read_label_png
 
 Validator = Callable[[Segmenter], float]
+"""``validate(model) → mIoU %``; called on every rank (it splits the images over the ranks and sums their counts)."""
 
 
 class SeedTrainSet(torch.utils.data.Dataset):
@@ -63,7 +63,8 @@ class SeedTrainSet(torch.utils.data.Dataset):
         index, t, k = key
         r = self.recipe
         image = self.dataset.load_image(index)
-        label = read_label_png(self.label_path(index))
+        label = read_mask_png(self.label_path(index))
+        check_label_ids(label, self.dataset.num_classes, self.label_path(index))
         if label.shape != image.shape[:2]:
             raise DataError(f"{self.label_path(index)}: label size {label.shape[::-1]} differs from its image "
                             f"{image.shape[1::-1]} ({self.dataset[index].image_path})")
@@ -166,6 +167,32 @@ def _truncate(path: Path, upto: int) -> None:
 # -- the loop ------------------------------------------------------------------------------------------------------
 
 
+class _DeferredInterrupt:
+    """While training, a first Ctrl-C only sets :attr:`requested` (the loop stops after the current iteration, whose
+    state is then consistent); a second one interrupts at once. Only in the main thread; restores the old handler."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 @dataclass
 class SegTrainResult:
     iterations: int
@@ -193,7 +220,7 @@ def train_segmenter(
     """Train ``model`` for ``total_iter`` iterations (the schedule's length); see the module doc.
 
     ``stop_at`` ends early after that many iterations (the state is saved, the schedule still follows
-    ``total_iter``), which is how tests interrupt a run. ``validate(model) → mIoU %`` runs on rank 0 every
+    ``total_iter``), which is how tests interrupt a run. ``validate(model) → mIoU %`` runs on every rank every
     ``recipe.val_every`` iterations and at the end.
     """
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -201,6 +228,9 @@ def train_segmenter(
     if recipe.batch_size % world:
         raise ConfigError(f"batch_size {recipe.batch_size} does not split over {world} ranks")
     per_rank = recipe.batch_size // world
+    if per_rank < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(f"batch_size {recipe.batch_size} leaves {per_rank} image per rank: the network's batch "
+                          "norms need at least 2")
     model.to(device)
     optimizer = build_optimizer(model, recipe)
     use_amp = recipe.amp and device.startswith("cuda")
@@ -244,6 +274,7 @@ def train_segmenter(
     model.train()
     it = iter(loader)
     completed = start  # iterations whose optimiser step has finished
+    interrupt = _DeferredInterrupt()
     try:
         for t in range(start, stop):
             lr = poly_lr(t, total_iter, recipe.lr, recipe.min_lr, recipe.poly_power)
@@ -279,15 +310,15 @@ def train_segmenter(
                                         "seconds": round(time.perf_counter() - t0, 3)}) + "\n")
                 window = []
             checkpoint = done % recipe.checkpoint_every == 0 or done == total_iter
-            if rank == 0 and validate is not None and recipe.val_every and (done % recipe.val_every == 0
-                                                                             or done == total_iter):
+            if validate is not None and recipe.val_every and (done % recipe.val_every == 0 or done == total_iter):
                 model.eval()
                 miou = float(validate(model))
                 model.train()
                 val_rows.append({"iter": t, "miou": miou})
-                with open(val_log, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(val_rows[-1]) + "\n")
-                bar.write(f"iteration {done}: validation mIoU {miou:.1f}")
+                if rank == 0:
+                    with open(val_log, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(val_rows[-1]) + "\n")
+                    bar.write(f"iteration {done}: validation mIoU {miou:.1f}")
             if rank == 0 and (checkpoint or done == stop):
                 if checkpoint:
                     save_weights(out_dir / "checkpoints" / f"iter_{done}.safetensors", model)
@@ -296,10 +327,14 @@ def train_segmenter(
                 dist.barrier()
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.2g}")
-    except KeyboardInterrupt:  # Ctrl-C: keep what is done, so that the same command resumes right here
+            if interrupt.requested:  # Ctrl-C during this iteration: it has finished, stop cleanly after it
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:  # keep what is done, so that the same command resumes right here
         if rank == 0 and completed > start:
             _save_resume(out_dir, completed, model, optimizer, scaler, recipe_hash)
         raise
+    finally:
+        interrupt.restore()
     bar.close()
     final = out_dir / "model.safetensors"
     if stop == total_iter:

@@ -105,12 +105,18 @@ def run_predict(
     model = load_segmenter(checkpoint, device)
     out = Path(out_dir) if out_dir is not None else default_output(checkpoint, split)
     out.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "checkpoint": str(checkpoint.weights.resolve()), "split": split, "classes": classes,
+        "flip": recipe.test_flip if flip is None else flip, "scales": list(scales or recipe.test_scales),
+        "base_size": list(recipe.base_size),
+    }
+    previous = read_json(out / PREDICT_JSON) if (out / PREDICT_JSON).is_file() else None
+    if previous is not None and previous != settings and any(out.glob("*.npz")):
+        changed = ", ".join(f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in settings.items() if previous.get(k) != v)
+        raise Tag2MaskError(f"{out} holds predictions made with other settings ({changed}): give another --out, "
+                            "or delete the folder")
     if rank == 0:
-        write_json(out / PREDICT_JSON, {
-            "checkpoint": str(checkpoint.weights), "split": split, "classes": classes,
-            "flip": recipe.test_flip if flip is None else flip, "scales": scales or recipe.test_scales,
-            "base_size": recipe.base_size,
-        })
+        write_json(out / PREDICT_JSON, settings)
     ids = dataset.ids[:limit] if limit else dataset.ids
     todo = list(pending(shard(ids, rank, world_size), lambda i: out / f"{i}.npz"))
     t0 = time.perf_counter()

@@ -94,23 +94,36 @@ def validation_split(config: Config, recipe: SegmenterRecipe) -> str | None:
     return split if dataset.has_masks and len(dataset) else None
 
 
-def make_validator(config: Config, recipe: SegmenterRecipe, split: str, device: str):  # -> Validator
-    """``validate(model) → mIoU %`` on ``split`` (first ``val_limit`` images) with the recipe's test settings."""
+def make_validator(config: Config, recipe: SegmenterRecipe, split: str, device: str,
+                   rank: int = 0, world_size: int = 1):  # -> Validator
+    """``validate(model) → mIoU %`` on ``split`` (first ``val_limit`` images) with the recipe's test settings.
+
+    Under torchrun every rank takes every ``world_size``-th image and the confusion matrices are summed over the
+    ranks, so validation takes ``1/world_size`` of the time and every rank returns the same number.
+    """
     import numpy as np
+    import torch
 
     from tag2mask.evaluate import ConfusionMatrix
     from tag2mask.segmenters.inference import predict_probabilities
+    from tag2mask.stages.rundir import shard
 
     dataset = open_split(config, split)
     ids = dataset.ids[: recipe.val_limit] if recipe.val_limit else dataset.ids
 
     def validate(model: Segmenter) -> float:
         conf = ConfusionMatrix(model.num_classes, ignore_index=config.evaluate.ignore_index)
-        for image_id in ids:
+        for image_id in shard(ids, rank, world_size):
             prob = predict_probabilities(model, dataset.load_image(image_id), base_size=recipe.base_size,
                                          scales=recipe.test_scales, flip=recipe.test_flip, device=device,
                                          amp=recipe.amp)
             conf.update(np.argmax(prob, axis=0).astype(np.uint8), dataset.load_mask(image_id))
+        if world_size > 1:
+            import torch.distributed as dist
+
+            counts = torch.from_numpy(np.ascontiguousarray(conf.matrix, dtype=np.int64)).to(device)
+            dist.all_reduce(counts)
+            conf.matrix[...] = counts.cpu().numpy()
         return 100.0 * conf.miou()
 
     return validate
@@ -135,13 +148,21 @@ def run_train_seg(
     labels_dir: str | os.PathLike[str] | None = None,
     name: str | None = None,
     stop_at: int | None = None,
+    overwrite: bool = False,
     show_progress: bool = True,
 ) -> TrainSegResult:
-    """Train ``net`` on the run's fine seeds (or ``labels_dir``); see the module doc."""
+    """Train ``net`` on the run's fine seeds (or ``labels_dir``); see the module doc.
+
+    A folder trained under another recipe (or other labels) is refused, naming the differences, unless
+    ``overwrite`` (then it is cleared) — choose another ``name`` to keep both.
+    """
     from tag2mask.segmenters.loop import SeedTrainSet, train_segmenter
 
     config = run.config
     recipe = load_recipe(net, config.data.dataset, overrides)
+    weights_path = Path(recipe.backbone_weights).expanduser()
+    if recipe.backbone_weights not in ("auto", "none") and weights_path.is_file():
+        recipe.backbone_weights = str(weights_path.resolve())  # the same file under any spelling, one hash
     name = name or net
     labels = Path(labels_dir) if labels_dir is not None else run.stage_dir("seeds_fine")
     dataset = open_split(config, config.data.train_split)
@@ -149,7 +170,6 @@ def run_train_seg(
     device = resolve_device(config.runtime.device)
     rank, world = join_process_group(config)
     num_classes = 1 + dataset.num_classes
-    model = build_segmenter(recipe, num_classes)  # resolves the backbone file first: a missing one fails fast
     total = total_iterations(recipe, len(dataset))
     labels_id = str(labels.resolve())
     seeds = run.stage_record("seeds_fine")
@@ -157,6 +177,11 @@ def run_train_seg(
         labels_id = f"seeds_fine:{seeds.config_hash}"
     h = recipe_hash(recipe, labels_id)
     stage = stage_name(name)
+    if not overwrite:
+        refuse_other_recipe(run.stage_dir(stage), h, recipe)
+    # a resume state replaces every weight: then the ImageNet file is not needed (nor read)
+    resuming = _resume_hash(run.stage_dir(stage)) == h
+    model = build_segmenter(recipe, num_classes, pretrained=not resuming)  # a missing backbone file fails here
     out = begin_shared_stage(run, stage, h, {"labels": str(labels), "net": net}, rank)
     if rank == 0:
         write_text(out / "recipe.yaml", recipe.to_yaml())
@@ -167,7 +192,7 @@ def run_train_seg(
             "train_images": len(dataset), "total_iterations": total, "recipe": recipe.to_dict(),
         })
     val_split = validation_split(config, recipe) if recipe.val_every else None
-    validate = make_validator(config, recipe, val_split, device) if val_split else None
+    validate = make_validator(config, recipe, val_split, device, rank, world) if val_split else None
     log.info("train-seg %s (%s): %d images, %d iterations at batch %d, device %s, %d rank(s), validation on %s",
              name, recipe.backbone, len(dataset), total, recipe.batch_size, device, world, val_split or "nothing")
     t0 = time.perf_counter()
@@ -178,6 +203,32 @@ def run_train_seg(
     end_shared_stage(run, stage, {"images": len(dataset), "iterations": result.iterations}, seconds,
                      result.final_weights is not None, rank)
     return TrainSegResult(out, result.iterations, total, result.resumed_from, result.last_loss, result.val, seconds)
+
+
+def _resume_hash(folder: Path) -> str | None:
+    path = folder / "resume.json"
+    return read_json(path).get("recipe_hash") if path.is_file() else None
+
+
+def refuse_other_recipe(folder: Path, new_hash: str, recipe: SegmenterRecipe) -> None:
+    """Tag2MaskError when ``folder`` holds a network trained under another recipe hash, naming what differs."""
+    marker = folder / "stage.json"
+    if not marker.is_file() or read_json(marker).get("config_hash") == new_hash:
+        return
+    if not any((folder / f).exists() for f in ("resume.json", "model.safetensors", "checkpoints")):
+        return  # nothing trained there yet
+    old: dict[str, Any] = {}
+    if (folder / "recipe.yaml").is_file():
+        import yaml
+
+        old = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8")) or {}
+    new = recipe.to_dict()
+    changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in NEUTRAL_KEYS and old.get(k) != v]
+    what = "; ".join(changed[:6]) if changed else "the training labels changed"
+    raise Tag2MaskError(
+        f"{folder} holds a network trained with another recipe ({what}): pass --name NEW to train beside it, or "
+        "--overwrite to replace it (its checkpoints, predictions and refinements are deleted)"
+    )
 
 
 def read_model_info(folder: Path) -> dict[str, Any]:
