@@ -381,3 +381,28 @@ def test_legacy_and_current_swin_names_map_into_each_other() -> None:
         for pattern, repl in m2f._LEGACY_SWIN_RENAMES:
             back = re.sub(pattern, repl, back)
         assert back == current
+
+
+def test_loss_normaliser_is_the_mask_count_averaged_over_ranks() -> None:
+    from tag2mask.segmenters import mask2former as m2f
+
+    model = tiny_model()
+    assert model.model.criterion.get_num_masks.__name__ == "global_num_masks"  # not transformers' per-rank count
+    labels = [torch.tensor([0, 2]), torch.tensor([0, 1, 2])]
+    assert float(m2f.global_num_masks(labels, "cpu")) == 5.0  # one process: the batch's own count
+    assert float(m2f.global_num_masks([torch.zeros(0, dtype=torch.long)], "cpu")) == 1.0  # clamped at 1
+    # with a process group, the count is the mean over the ranks (a 1-rank gloo group here)
+    import torch.distributed as dist
+
+    if dist.is_available() and not dist.is_initialized():
+        import os
+
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29561")
+        dist.init_process_group("gloo", rank=0, world_size=1)
+        try:
+            assert float(m2f.global_num_masks(labels, "cpu")) == 5.0
+            images, target = batch()
+            assert torch.isfinite(model.loss(images, target))
+        finally:
+            dist.destroy_process_group()

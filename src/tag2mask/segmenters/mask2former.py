@@ -275,6 +275,22 @@ def load_swin_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> None
     backbone.load_state_dict(state, strict=False)
 
 
+def global_num_masks(class_labels: Sequence[torch.Tensor], device: torch.device | str) -> torch.Tensor:
+    """The loss normaliser: target masks per rank, averaged over the ranks under torchrun, at least 1.
+
+    MMDetection's Mask2Former divides its mask and dice losses by ``reduce_mean(number of target masks)``;
+    transformers does that only inside an accelerate launch and otherwise divides by each rank's own count. This
+    replaces transformers' ``Mask2FormerLoss.get_num_masks`` so that plain DDP normalises as MMDet does.
+    """
+    import torch.distributed as dist
+
+    count = torch.as_tensor(float(sum(len(c) for c in class_labels)), dtype=torch.float, device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    return torch.clamp(count, min=1)
+
+
 class Mask2FormerSegmenter(Segmenter):
     """transformers ``Mask2FormerForUniversalSegmentation`` (in :attr:`model`); ``num_classes`` counts the background.
 
@@ -288,6 +304,7 @@ class Mask2FormerSegmenter(Segmenter):
         self.backbone_name = backbone_name
         self.model = transformers.Mask2FormerForUniversalSegmentation(config)
         self.backbone.swin.layernorm.requires_grad_(False)  # built by SwinModel, unused by SwinBackbone
+        self.model.criterion.get_num_masks = global_num_masks  # MMDet's normalisation under torchrun too
 
     @property
     def backbone(self) -> nn.Module:
