@@ -903,3 +903,28 @@ def test_load_weights_with_another_class_count_is_refused(tmp_path: Path) -> Non
     save_weights(path, deeplab(0, 3))
     with pytest.raises(DataError, match="model.safetensors"):
         load_weights(path, deeplab(0, 6))
+
+
+def test_inference_resizes_scores_before_normalising_as_mmseg() -> None:
+    from tag2mask.segmenters.base import Segmenter
+
+    class Stub(Segmenter):
+        num_classes = 2
+
+        def scores(self, images: torch.Tensor) -> torch.Tensor:
+            b, _, h, w = images.shape
+            column = torch.arange(w, dtype=torch.float32)
+            out = torch.zeros(b, 2, h, w)
+            out[:, 1] = 8.0 * (column % 2) - 4.0  # class 1 on odd columns, sharply
+            return out
+
+        def to_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(scores, dim=1)
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    got = predict_probabilities(Stub(), image, base_size=(0, 0), scales=[0.5])  # the network sees 4x4
+    small = Stub().scores(torch.zeros(1, 3, 4, 4))
+    expected = torch.softmax(F.interpolate(small, size=(8, 8), mode="bilinear", align_corners=False), dim=1)[0]
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-6)
+    other_order = F.interpolate(torch.softmax(small, dim=1), size=(8, 8), mode="bilinear", align_corners=False)[0]
+    assert not np.allclose(got, other_order.numpy(), atol=1e-3)  # the order matters, and it is MMSeg's

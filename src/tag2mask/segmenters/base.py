@@ -6,8 +6,9 @@ which network they drive:
 
 * :meth:`Segmenter.loss` — the network's own training loss for a batch of normalised images and label maps
   (``0`` background, ``c+1`` class ``c``, ``255`` ignore);
-* :meth:`Segmenter.probabilities` — per-pixel class probabilities at the input size, background channel first,
-  summing to one over the classes;
+* :meth:`Segmenter.scores` / :meth:`Segmenter.to_probabilities` — per-pixel class scores at the input size
+  (resized to the image before normalising, as MMSegmentation does) and their per-pixel probabilities, background
+  channel first; :meth:`Segmenter.probabilities` is the two together;
 * :meth:`Segmenter.param_groups` — the optimiser parameter groups of the network's MMSegmentation recipe
   (learning-rate multipliers, parameters without weight decay).
 
@@ -53,9 +54,18 @@ class Segmenter(nn.Module):
         """Scalar training loss. ``images``: ``B×3×H×W`` normalised; ``labels``: ``B×H×W`` int64 with 255 = ignore."""
         raise NotImplementedError
 
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """``B×num_classes×H×W`` float32 per-pixel class scores at the input size, before normalisation: what
+        MMSegmentation resizes to the image size before taking the argmax (logits, or Mask2Former's semantic scores)."""
+        raise NotImplementedError
+
+    def to_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scores (``B×K×H×W``, any size) → probabilities summing to one over ``K``; the argmax is unchanged."""
+        raise NotImplementedError
+
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """``B×num_classes×H×W`` float32 class probabilities at the input size (background first, sum 1)."""
-        raise NotImplementedError
+        return self.to_probabilities(self.scores(images))
 
     def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float) -> list[dict]:
         """Optimiser parameter groups (each a dict with ``params``, ``lr``, ``weight_decay``)."""

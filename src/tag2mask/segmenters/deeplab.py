@@ -77,8 +77,11 @@ class DeepLabV3PlusSegmenter(Segmenter):
         per_pixel = F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX, reduction="none")
         return per_pixel.sum() / labels.numel()  # ignored pixels count 0 in the sum and 1 in the mean (MMSeg)
 
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(images).float(), dim=1)
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(images).float()
+
+    def to_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(scores.float(), dim=1)
 
     def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float) -> list[dict]:
         backbone = list(self.net.encoder.parameters())

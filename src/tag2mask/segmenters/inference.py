@@ -3,8 +3,9 @@
 Whole-image inference as MMSegmentation's ``mode='whole'``: the image is resized with its aspect ratio kept so
 that it fits ``base_size × scale`` (short side 512, long side at most 2048 by default; ``(0, 0)`` keeps the
 image size), padded at the bottom/right to a multiple of 32 (zeros after normalisation), run through the
-network, cropped back and resized bilinearly to the original size. Optional test-time augmentation averages the
-probabilities of several scales and of the horizontally flipped image.
+network, cropped back; its class *scores* (logits, or Mask2Former's semantic scores) are resized bilinearly to the
+original size and only then turned into probabilities, as MMSegmentation resizes its ``seg_logits`` before the
+argmax. Optional test-time augmentation averages the probabilities of several scales and of the flipped image.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def predict_probabilities(
 ) -> np.ndarray:
     """``K×H×W`` float32 class probabilities (background first) of an ``H×W×3`` uint8 RGB image.
 
-    The average over ``scales`` × (plain, flipped if ``flip``) of the network's probabilities, each resized
+    The average over ``scales`` × (plain, flipped if ``flip``) of the probabilities of the network's scores resized
     bilinearly (``align_corners=False``) to ``H×W``.
     """
     import cv2
@@ -63,9 +64,10 @@ def predict_probabilities(
         views = [x, x.flip(-1)] if flip else [x]
         for k, view in enumerate(views):
             with autocast(device, amp):
-                prob = model.probabilities(pad_to_multiple(view))[:, :, :nh, :nw].float()
+                scores = model.scores(pad_to_multiple(view))[:, :, :nh, :nw].float()
             if k == 1:
-                prob = prob.flip(-1)
-            total += F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[0]
+                scores = scores.flip(-1)
+            scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
+            total += model.to_probabilities(scores)[0]
             count += 1
     return (total / count).cpu().numpy()

@@ -161,16 +161,13 @@ def semantic_targets(
     return class_labels, mask_labels
 
 
-def semantic_probabilities(
-    class_logits: torch.Tensor, mask_logits: torch.Tensor, size: Sequence[int]
-) -> torch.Tensor:
-    """``B×K×H×W`` float32 per-pixel class probabilities from Mask2Former's query outputs (MMSeg's inference).
+def semantic_scores(class_logits: torch.Tensor, mask_logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``B×K×H×W`` float32 semantic scores from Mask2Former's query outputs (MMSeg's inference, its ``seg_logits``).
 
     ``class_logits``: ``B×Q×(K+1)`` (the last column is "no object"); ``mask_logits``: ``B×Q×h×w``;
     ``size``: the output ``(H, W)``. The mask logits are upsampled bilinearly (``align_corners=False``) and then
     squashed with a sigmoid, as MMSeg does; ``score[b,k] = Σ_q softmax(class)[b,q,k] · sigmoid(mask)[b,q]`` over
-    the ``K`` real classes. The scores are divided by their sum over ``k`` (at least 1e-12), which leaves the
-    argmax unchanged and makes every pixel's probabilities sum to one.
+    the ``K`` real classes.
     """
     height, width = int(size[0]), int(size[1])
     with torch.autocast(device_type=mask_logits.device.type, enabled=False):  # float32 even under AMP
@@ -178,8 +175,22 @@ def semantic_probabilities(
         if masks.shape[-2:] != (height, width):
             masks = F.interpolate(masks, size=(height, width), mode="bilinear", align_corners=False)
         classes = torch.softmax(class_logits.float(), dim=-1)[..., :-1]
-        scores = torch.einsum("bqk,bqhw->bkhw", classes, masks.sigmoid())
-        return scores / scores.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return torch.einsum("bqk,bqhw->bkhw", classes, masks.sigmoid())
+
+
+def normalise_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Semantic scores divided by their per-pixel sum over the classes (at least 1e-12): probabilities with the
+    same argmax."""
+    scores = scores.float()
+    return scores / scores.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def semantic_probabilities(
+    class_logits: torch.Tensor, mask_logits: torch.Tensor, size: Sequence[int]
+) -> torch.Tensor:
+    """``B×K×H×W`` float32 per-pixel class probabilities: :func:`semantic_scores` then :func:`normalise_scores`
+    (every pixel's probabilities sum to one; the argmax is MMSeg's)."""
+    return normalise_scores(semantic_scores(class_logits, mask_logits, size))
 
 
 # Legacy (published Microsoft files) → this transformers version's Swin parameter names, applied in order.
@@ -328,10 +339,14 @@ class Mask2FormerSegmenter(Segmenter):
         out = self.model(pixel_values=images, mask_labels=mask_labels, class_labels=class_labels)
         return out.loss
 
-    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """``B×K×H×W`` float32 probabilities at the input size (:func:`semantic_probabilities`)."""
+    def scores(self, images: torch.Tensor) -> torch.Tensor:
+        """``B×K×H×W`` float32 semantic scores at the input size (:func:`semantic_scores`, MMSeg's ``seg_logits``)."""
         out = self.model(pixel_values=images)
-        return semantic_probabilities(out.class_queries_logits, out.masks_queries_logits, images.shape[-2:])
+        return semantic_scores(out.class_queries_logits, out.masks_queries_logits, images.shape[-2:])
+
+    def to_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """Semantic scores divided by their sum over the classes (at least 1e-12)."""
+        return normalise_scores(scores)
 
     def param_groups(self, lr: float, weight_decay: float, backbone_lr_mult: float) -> list[dict]:
         """MMSeg's Mask2Former optimiser groups: backbone × ``backbone_lr_mult``, no decay on norms and embeddings.
