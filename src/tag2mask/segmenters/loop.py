@@ -297,10 +297,11 @@ def train_segmenter(
                 optimizer.step()
             completed = t + 1
             value = float(loss.detach())
-            if world > 1:
-                v = torch.tensor([value], dtype=torch.float64, device=device)
+            if world > 1:  # the mean loss, and whether any rank got a Ctrl-C: then all stop after this iteration
+                v = torch.tensor([value, float(interrupt.requested)], dtype=torch.float64, device=device)
                 dist.all_reduce(v)
-                value = float(v) / world
+                value = float(v[0]) / world
+                interrupt.requested = bool(v[1] > 0)
             last = value
             window.append(value)
             done = t + 1
