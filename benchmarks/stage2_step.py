@@ -46,7 +46,7 @@ def _timed(fn: Callable[[], None], device: str, repeats: int) -> list[float]:
 
 def _bench(net: str, args: argparse.Namespace) -> None:
     from tag2mask.segmenters.inference import autocast
-    from tag2mask.segmenters.loop import build_optimizer, poly_lr
+    from tag2mask.segmenters.loop import build_optimizer, training_step
     from tag2mask.segmenters.mask2former import semantic_targets
     from tag2mask.segmenters.recipes import default_recipe
     from tag2mask.stages.train_seg import build_segmenter
@@ -66,24 +66,9 @@ def _bench(net: str, args: argparse.Namespace) -> None:
     ours = build_segmenter(recipe, 21).to(args.device).train()
     optimizer = build_optimizer(ours, recipe)
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    params = [p for group in optimizer.param_groups for p in group["params"]]
 
-    def ours_step() -> None:
-        for group in optimizer.param_groups:
-            group["lr"] = poly_lr(10, 1000, recipe.lr * group["lr_mult"], recipe.min_lr, recipe.poly_power)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(args.device, use_amp):
-            loss = ours(images, labels)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        if recipe.grad_clip > 0:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+    def ours_step() -> None:  # exactly the training loop's step
+        training_step(ours, images, labels, optimizer, recipe, 10, 1000, scaler=scaler, device=args.device)
 
     # the baseline: the very same library network object, called directly
     bare = ours.net if net == "deeplabv3plus" else ours.model

@@ -92,6 +92,39 @@ def build_optimizer(model: Segmenter, recipe: SegmenterRecipe) -> torch.optim.Op
                              weight_decay=recipe.weight_decay)
 
 
+def training_step(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    recipe: SegmenterRecipe,
+    t: int,
+    total_iter: int,
+    *,
+    scaler: Any = None,
+    device: str = "cpu",
+) -> torch.Tensor:
+    """One optimiser step at iteration ``t``: poly learning rate per group, loss under autocast when ``scaler`` is
+    given (CUDA AMP), backward, gradient clipping when the recipe clips, step. Returns the (detached-able) loss."""
+    for g in optimizer.param_groups:
+        g["lr"] = poly_lr(t, total_iter, recipe.lr * g["lr_mult"], recipe.min_lr, recipe.poly_power)
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, scaler is not None):
+        loss = net(images, labels)
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if recipe.grad_clip > 0:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss
+
+
 # -- saving and resuming -------------------------------------------------------------------------------------------
 
 
@@ -260,7 +293,6 @@ def train_segmenter(
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
             find_unused_parameters=recipe.net == "mask2former")
-    params = [p for g in optimizer.param_groups for p in g["params"]]
 
     from tqdm import tqdm
 
@@ -278,23 +310,10 @@ def train_segmenter(
     try:
         for t in range(start, stop):
             lr = poly_lr(t, total_iter, recipe.lr, recipe.min_lr, recipe.poly_power)
-            for g in optimizer.param_groups:
-                g["lr"] = poly_lr(t, total_iter, recipe.lr * g["lr_mult"], recipe.min_lr, recipe.poly_power)
             images, labels = (x.to(device, non_blocking=True) for x in next(it))
             torch.manual_seed(recipe.seed * 1_000_003 + t)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, use_amp):
-                loss = net(images, labels)
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            if recipe.grad_clip > 0:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            loss = training_step(net, images, labels, optimizer, recipe, t, total_iter, scaler=scaler,
+                                 device=device)
             completed = t + 1
             value = float(loss.detach())
             if world > 1:  # the mean loss, and whether any rank got a Ctrl-C: then all stop after this iteration
