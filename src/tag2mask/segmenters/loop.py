@@ -192,11 +192,6 @@ def _load_resume(out_dir: Path, model: Segmenter, optimizer: torch.optim.Optimiz
     return int(meta["iteration"])
 
 
-def _truncate(path: Path, upto: int) -> None:
-    if path.exists():
-        truncate_metrics(path, upto)
-
-
 # -- the loop ------------------------------------------------------------------------------------------------------
 
 
@@ -272,8 +267,8 @@ def train_segmenter(
     start = _load_resume(out_dir, model, optimizer, scaler, recipe_hash, device)
     metrics, val_log = out_dir / "metrics.jsonl", out_dir / "val.jsonl"
     if rank == 0:
-        _truncate(metrics, start)
-        _truncate(val_log, start)
+        truncate_metrics(metrics, start)
+        truncate_metrics(val_log, start)
     stop = min(total_iter, stop_at if stop_at is not None else total_iter)
     if len(data) < recipe.batch_size:
         raise ConfigError(f"batch_size {recipe.batch_size} is larger than the training split ({len(data)} images)")

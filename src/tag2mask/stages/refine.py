@@ -163,16 +163,13 @@ def _check_args(method: str, alpha: Optional[float], sweep: Optional[Sequence[fl
     if method == "crf":
         if alpha is not None or sweep is not None:
             raise ConfigError("alpha / --sweep apply to SAMS refinement only, not to the dense CRF")
-        from tag2mask.seeding.crf import MISSING_BACKEND_MESSAGE, crf_params as named_params
+        from tag2mask.seeding.crf import _import_densecrf, crf_params as named_params
 
         try:
             named_params(crf_params)
         except ValueError as e:
             raise ConfigError(f"refine: {e}") from None
-        try:
-            import pydensecrf.densecrf  # noqa: F401 - only checks that the optional backend is there
-        except ImportError:
-            raise Tag2MaskError(MISSING_BACKEND_MESSAGE) from None
+        _import_densecrf()  # the optional backend must be there: fail before any work
         return None
     if uncovered not in UNCOVERED_MODES:
         raise ConfigError(f"uncovered must be one of {', '.join(UNCOVERED_MODES)}, got {uncovered!r}")
