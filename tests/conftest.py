@@ -1,12 +1,83 @@
-"""Keep every test away from the user's caches and weights (both point at fresh temporary folders); the demo run
-that several test modules read."""
+"""Keep every test to itself, and the demo run that several test modules read.
+
+Before anything is collected, ``TAG2MASK_CACHE`` and ``TAG2MASK_WEIGHTS`` point at a temporary folder of this
+session, so session-scoped fixtures (set up before any function-scoped one) never see the user's folders; each
+test then gets fresh folders of its own. At the end of the session the user's cache folder
+(``~/.cache/tag2mask``) and the entries of the working directory are compared with what they were at the start:
+any change fails the session with the paths that changed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+USER_CACHE = Path.home() / ".cache" / "tag2mask"  # where tag2mask writes when TAG2MASK_CACHE is unset
+_ENV = ("TAG2MASK_CACHE", "TAG2MASK_WEIGHTS")
+_state: dict[str, object] = {}
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` with its size and modification time (empty when the folder is absent)."""
+    out: dict[str, tuple[int, int]] = {}
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            path = Path(root) / name
+            with contextlib.suppress(OSError):
+                st = path.lstat()
+                out[str(path.relative_to(folder))] = (st.st_size, st.st_mtime_ns)
+    if folder.is_dir() and not out:
+        out["."] = (0, 0)  # an empty folder that exists is still different from no folder
+    return out
+
+
+def _changes(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
+    return sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    base = Path(tempfile.mkdtemp(prefix="tag2mask-tests-"))
+    _state.update(base=base, env={k: os.environ.get(k) for k in _ENV}, user_cache=_snapshot(USER_CACHE),
+                  cwd=Path.cwd(), cwd_entries=set(os.listdir(Path.cwd())))
+    os.environ["TAG2MASK_CACHE"] = str(base / "cache")
+    os.environ["TAG2MASK_WEIGHTS"] = str(base / "weights")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if "base" not in _state:
+        return
+    problems = []
+    changed = _changes(_state["user_cache"], _snapshot(USER_CACHE))  # type: ignore[arg-type]
+    if changed:
+        problems.append(f"the tests changed the user's cache folder {USER_CACHE}: {', '.join(changed[:10])}")
+    cwd: Path = _state["cwd"]  # type: ignore[assignment]
+    new = sorted(set(os.listdir(cwd)) - _state["cwd_entries"] - {".pytest_cache"})  # type: ignore[operator]
+    if new:
+        problems.append(f"the tests wrote into the working directory {cwd}: {', '.join(new)}")
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        for line in problems:
+            if reporter is not None:
+                reporter.write_line(f"ISOLATION FAILURE: {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    base = _state.pop("base", None)
+    if base is None:
+        return
+    for key, value in _state["env"].items():  # type: ignore[attr-defined]
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    shutil.rmtree(base, ignore_errors=True)  # type: ignore[arg-type]
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +92,6 @@ def _isolated_tag2mask_folders(tmp_path_factory: pytest.TempPathFactory, monkeyp
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """``tag2mask demo`` run once per session: (run folder, what it printed). Tests may add to the folder
     (e.g. ``stage2/``) but must not change what the demo wrote."""
-    import contextlib
     import io
 
     from tag2mask.cli import main

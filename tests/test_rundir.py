@@ -10,7 +10,7 @@ import pytest
 
 from tag2mask.config import load_config, stage_hashes
 from tag2mask.errors import Tag2MaskError
-from tag2mask.io import atomic_write, load_npz, read_json, save_npz, write_json
+from tag2mask.io import atomic_write, load_npz, new_file_mode, read_json, save_npz, write_json
 from tag2mask.stages.rundir import RunDir, pending, shard
 from tag2mask.viz.palette import read_label_png, voc_palette, write_label_png
 
@@ -24,6 +24,22 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:
             raise RuntimeError("killed")
     assert read_json(target) == {"v": 1}
     assert os.listdir(tmp_path) == ["a.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize(("umask", "expected"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600), (0o000, 0o666)])
+def test_written_files_get_the_mode_the_umask_gives(tmp_path: Path, umask: int, expected: int) -> None:
+    old = os.umask(umask)
+    try:
+        assert new_file_mode() == expected
+        write_json(tmp_path / "a.json", {"v": 1})  # through a private (0600) temporary file
+        save_npz(tmp_path / "b.npz", x=np.zeros(2))
+        with atomic_write(tmp_path / "c.bin") as f:
+            f.write(b"x")
+        (tmp_path / "plain.txt").write_text("x")  # what open() gives a new file under this umask
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {"a.json": expected, "b.npz": expected, "c.bin": expected, "plain.txt": expected}
 
 
 def test_npz_round_trip_refuses_objects(tmp_path: Path) -> None:

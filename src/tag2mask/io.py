@@ -1,7 +1,9 @@
 """Small file helpers shared by every stage: atomic writes, JSON, palette PNGs.
 
 Every file tag2mask writes goes through :func:`atomic_write` (write to a temporary file in the same folder,
-then ``os.replace``), so a run killed at any moment never leaves a half-written file behind.
+then ``os.replace``), so a run killed at any moment never leaves a half-written file behind. Written files get
+the mode the user's umask gives any new file (``0o666 & ~umask``, so usually ``0644``), not the private mode of
+the temporary file.
 """
 
 from __future__ import annotations
@@ -10,11 +12,23 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def new_file_mode() -> int:
+    """The permission bits a new file gets under the current umask (``open`` would create it so)."""
+    with _UMASK_LOCK:  # the umask can only be read by setting it; put it straight back
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -27,6 +41,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode())  # mkstemp creates 0600; the result is a normal, shareable file
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
