@@ -77,3 +77,47 @@ def test_bad_command_line_input_is_one_line_and_exit_2(args: list[str], fragment
     r = _run(*args)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and fragment in r.stderr
+
+
+def _tiny_folder_dataset(tmp_path):  # noqa: ANN001, ANN202
+    from tag2mask.data import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path / "shapes", n_train=6, n_val=2, size=(48, 64))
+
+
+def test_a_run_that_fails_before_its_first_stage_leaves_no_run_folder(tmp_path) -> None:  # noqa: ANN001
+    data = _tiny_folder_dataset(tmp_path)
+    run_dir = tmp_path / "run"
+    common = ["run", "--preset", "demo", "--run-dir", str(run_dir), "data.dataset=folder", f"data.root={data}"]
+    r = _run(*common, "train.seg.batch_size=4")  # the demo's cls batch of 8 does not fit 6 images
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "train.cls.batch_size (8) larger than the training split 'train' (6 images)" in r.stderr
+    assert "e.g. train.cls.batch_size=6 train.seg.batch_size=6" in r.stderr
+    assert not run_dir.exists()
+    r = _run(*common, "train.cls.batch_size=2", "train.seg.batch_size=2", "superpixels.source=sam",
+             "models.sam_type=vit_h", "models.sam=vit_h")  # no SAM file in the (empty) weights folder
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "sam_vit_h_4b8939.pth" in r.stderr and "superpixels.source=felzenszwalb" in r.stderr.splitlines()[-1]
+    assert not run_dir.exists()
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    r = _run(*common, "train.seg.batch_size=4")
+    assert r.returncode == 2 and sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]  # only ours removed
+
+
+def test_an_error_inside_a_stage_prints_on_its_own_line(tmp_path) -> None:  # noqa: ANN001
+    data = _tiny_folder_dataset(tmp_path)
+    (data / "images" / "train_0003.png").write_bytes(b"not a png")  # found while the superpixel bar is shown
+    run_dir = tmp_path / "run"
+    r = _run("run", "--preset", "demo", "--run-dir", str(run_dir), "data.dataset=folder", f"data.root={data}",
+             "train.cls.batch_size=2", "train.seg.batch_size=2")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("tag2mask run: error: ") and "train_0003.png" in errors[0]
+    assert (run_dir / "manifest.json").is_file()  # a stage had begun: the run stays, to resume
+
+
+def test_not_a_run_directory_names_the_command_that_makes_one(tmp_path) -> None:  # noqa: ANN001
+    r = _run("train-seg", "--run", str(tmp_path), "--net", "deeplabv3plus")
+    assert r.returncode == 2
+    assert f"tag2mask run --preset PRESET --run-dir {tmp_path}" in r.stderr and "tag2mask demo" in r.stderr

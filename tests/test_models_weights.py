@@ -90,6 +90,20 @@ def test_missing_sam_message(wdir: Path) -> None:
     msg = str(e.value)
     for part in ("sam_vit_h_4b8939.pth", str(wdir), "TAG2MASK_WEIGHTS", "dl.fbaipublicfiles.com/segment_anything"):
         assert part in msg
+    assert msg.splitlines()[-1].startswith("No SAM file (or no GPU)? superpixels.source=felzenszwalb")
+
+
+@pytest.mark.parametrize(("name", "kind", "alternative"), [
+    ("ViT-B/16", "clip", "'tag2mask demo' runs the pipeline with the packaged tiny CLIP"),
+    ("vit_h", "sam", "superpixels.source=felzenszwalb (or slic) makes quasi-superpixels on the CPU"),
+    ("resnet101", "backbone", "--backbone-weights none"),
+    ("/nowhere/resnet101.pth", "backbone", "--backbone-weights none"),
+    ("no-such-sam", "sam", "superpixels.source=felzenszwalb"),
+])
+def test_every_missing_file_names_the_way_without_it(wdir: Path, name: str, kind: str, alternative: str) -> None:
+    with pytest.raises(MissingWeightsError) as e:
+        resolve_weight(name, kind=kind)  # type: ignore[arg-type]
+    assert alternative in str(e.value).splitlines()[-1]
 
 
 def test_unknown_name_lists_known_names(wdir: Path) -> None:

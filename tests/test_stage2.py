@@ -36,6 +36,19 @@ def trained(demo_run: tuple[Path, str]):  # -> tuple[RunDir, TrainSegResult]
     return run, result
 
 
+@pytest.fixture(autouse=True)
+def _drop_networks_trained_by_the_test(demo_run: tuple[Path, str]):  # noqa: ANN202
+    """Networks a test trains into the shared demo run are deleted when it ends (they are tens of MB each);
+    those of module-scoped fixtures (set up before this) stay for the other tests."""
+    import shutil
+
+    root = demo_run[0] / "stage2"
+    before = set(root.iterdir()) if root.is_dir() else set()
+    yield
+    for folder in (set(root.iterdir()) if root.is_dir() else set()) - before:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _all_background_miou(run: RunDir, split: str) -> float:
     dataset = open_split(run.config, split)
     conf = ConfusionMatrix(dataset.num_classes + 1)
@@ -56,8 +69,10 @@ def test_deeplab_trained_on_demo_seeds_clearly_beats_all_background(trained) -> 
     assert [x["iter"] for x in lines] == list(range(19, 200, 20))
     assert lines[-1]["loss"] < 0.5 * lines[0]["loss"]
     assert lines[0]["lr"] > lines[-1]["lr"] > 0  # poly decay towards min_lr
-    assert {p.name for p in (result.out_dir / "checkpoints").iterdir()} == {"iter_100.safetensors",
-                                                                          "iter_200.safetensors"}
+    # the weights are kept once: the last iteration is model.safetensors, and the resume state is dropped
+    assert {p.name for p in (result.out_dir / "checkpoints").iterdir()} == {"iter_100.safetensors"}
+    assert (result.out_dir / "model.safetensors").is_file() and not (result.out_dir / "resume.safetensors").exists()
+    assert json.loads((result.out_dir / "resume.json").read_text())["finished"] is True
     info = json.loads((result.out_dir / "model.json").read_text())
     assert info["net"] == "deeplabv3plus" and info["num_classes"] == 6 and info["total_iterations"] == 200
     assert run.is_done("stage2/deeplabv3plus", run.stage_record("stage2/deeplabv3plus").config_hash)
@@ -131,9 +146,9 @@ def test_tiny_mask2former_trains_and_predicts(demo_run: tuple[Path, str]) -> Non
     from tag2mask.stages.predict import resolve_checkpoint, run_predict
 
     run = RunDir.open(demo_run[0])
-    result = run_train_seg(run, "mask2former", [*TINY_M2F, "max_iter=3", "val_every=0"], name="m2f-tiny",
-                           show_progress=False)
-    assert result.iterations == 3 and np.isfinite(result.last_loss)
+    result = run_train_seg(run, "mask2former", [*TINY_M2F, "max_iter=4", "checkpoint_every=3", "val_every=0"],
+                           name="m2f-tiny", show_progress=False)
+    assert result.iterations == 4 and np.isfinite(result.last_loss)
     checkpoint = resolve_checkpoint(result.out_dir / "checkpoints" / "iter_3.safetensors")
     assert checkpoint.tag == "iter_3"
     out = run_predict(run.config, checkpoint, "val", limit=2, flip=True, classes="all", show_progress=False)
@@ -251,6 +266,27 @@ def test_ctrl_c_keeps_the_finished_iterations(demo_run: tuple[Path, str], monkey
     assert resumed.resumed_from == 3
     a, b = load_file(str(straight.out_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_a_finished_network_keeps_its_weights_once_and_is_not_trained_again(demo_run: tuple[Path, str]) -> None:
+    from safetensors.torch import load_file
+
+    run = RunDir.open(demo_run[0])
+    common = [*SMALL_DLV3, "batch_size=4", "max_iter=4", "checkpoint_every=2", "val_every=0", "log_every=2"]
+    first = run_train_seg(run, "deeplabv3plus", common, name="once", show_progress=False)
+    files = sorted(str(p.relative_to(first.out_dir)) for p in first.out_dir.rglob("*.safetensors"))
+    assert files == ["checkpoints/iter_2.safetensors", "model.safetensors"]
+    rows = [json.loads(x) for x in (first.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert first.last_loss == rows[-1]["loss"]  # one definition of the last loss: the last logged row
+    weights = load_file(str(first.out_dir / "model.safetensors"))
+    stamp = (first.out_dir / "model.safetensors").stat().st_mtime_ns
+    again = run_train_seg(run, "deeplabv3plus", common, name="once", show_progress=False)
+    assert again.resumed_from == again.iterations == 4 and again.last_loss == first.last_loss
+    assert (first.out_dir / "model.safetensors").stat().st_mtime_ns == stamp  # not rewritten
+    assert all(np.array_equal(v.numpy(), load_file(str(first.out_dir / "model.safetensors"))[k].numpy())
+               for k, v in weights.items())
+    kept = run_train_seg(run, "deeplabv3plus", [*common, "keep_resume=true"], name="kept", show_progress=False)
+    assert (kept.out_dir / "resume.safetensors").is_file()  # asked for: the full state stays
 
 
 def test_another_recipe_is_refused_unless_overwrite(demo_run: tuple[Path, str]) -> None:

@@ -573,8 +573,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     report = write_report(run_dir)
     print(f"tag2mask run: finished in {total:.1f} s; fine seeds in {run_dir / 'seeds_fine'}; report {report}")
-    print(f"next, stage II: tag2mask train-seg --run {run_dir} --net deeplabv3plus (or mask2former)")
+    print(_stage_two_hint(run_dir, "next, stage II: tag2mask train-seg --run {run} --net deeplabv3plus (or mask2former)"))
     return 0
+
+
+def _stage_two_hint(run_dir: Path, untrained: str) -> str:
+    """What to do after the seeds: train stage II, or, when a network is already trained, use it."""
+    root = run_dir / "stage2"
+    trained = sorted(d.name for d in root.iterdir() if (d / "model.safetensors").is_file()) if root.is_dir() else []
+    if not trained:
+        return untrained.format(run=run_dir)
+    return (f"stage II already trained: {', '.join(trained)} in {root}; "
+            f"next: tag2mask predict --checkpoint {root / trained[0]}")
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -585,6 +595,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     run = RunDir.open(args.run)
     config = load_config(run.path / RunDir.CONFIG, args.overrides)
     result = segment_image(config, run.path, Path(args.image), args.classes, Path(args.out))
+    if result.warning:
+        print(result.warning)
     found = ", ".join(f"{name} {n} px" for name, n in result.pixels.items())
     print(f"segment: {found}; mask {result.mask_path}, overlay {result.overlay_path}")
     return 0
@@ -680,7 +692,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"{m['all_background']:.1f}: fine beats argmax by {m['seeds_fine'] - argmax:+.1f} and all background "
               f"by {m['seeds_fine'] - m['all_background']:+.1f} points")
     print(f"fine seeds: {out / 'seeds_fine'}; report: {report} ({time.perf_counter() - t0:.0f} s in all)")
-    print(f"next, stage II (about a minute): tag2mask train-seg --run {out} --net deeplabv3plus")
+    print(_stage_two_hint(out, "next, stage II (about a minute): tag2mask train-seg --run {run} --net deeplabv3plus"))
     return 0
 
 
@@ -705,15 +717,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = handlers[args.command]
         return handler(args)
     except NotBuiltError as e:
-        print(f"tag2mask {args.command}: {e}", file=sys.stderr)
-        return 2
+        return _fail(f"tag2mask {args.command}: {e}", 2)
     except Tag2MaskError as e:
-        print(f"tag2mask {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(f"tag2mask {args.command}: error: {e}", 2)
     except KeyboardInterrupt:
-        print(f"tag2mask {args.command}: interrupted; finished work is kept, run the same command to resume",
-              file=sys.stderr)
-        return 130
+        return _fail(f"tag2mask {args.command}: interrupted; finished work is kept, run the same command to resume",
+                     130)
+    except BaseException:
+        _cleanup_after_failure()
+        raise
+
+
+def _cleanup_after_failure() -> None:
+    """Close open progress bars (so what follows starts on its own line) and remove the run folders this command
+    created before any stage began."""
+    tqdm_module = sys.modules.get("tqdm")
+    if tqdm_module is not None:
+        for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+            bar.close()
+    if "tag2mask.stages.rundir" in sys.modules:
+        sys.modules["tag2mask.stages.rundir"].discard_unstarted_runs()
+
+
+def _fail(message: str, code: int) -> int:
+    _cleanup_after_failure()
+    sys.stderr.flush()
+    print(message, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

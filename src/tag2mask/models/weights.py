@@ -106,6 +106,14 @@ KNOWN_WEIGHTS: tuple[WeightFile, ...] = (
 
 _KIND_LABEL = {"clip": "CLIP", "sam": "SAM", "backbone": "backbone"}
 
+# what to do instead of fetching the file, per kind: the last line of every missing-file error
+_KIND_ALTERNATIVE = {
+    "clip": "Without any weights, 'tag2mask demo' runs the pipeline with the packaged tiny CLIP on synthetic shapes.",
+    "sam": "No SAM file (or no GPU)? superpixels.source=felzenszwalb (or slic) makes quasi-superpixels on the CPU "
+           "without SAM (lower quality on photos).",
+    "backbone": "Or train from scratch without any file: tag2mask train-seg ... --backbone-weights none.",
+}
+
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 """Where the packaged weight files live (shipped in the wheel as package data)."""
 
@@ -204,10 +212,12 @@ def resolve_weight(name_or_path: str | os.PathLike[str], kind: WeightKind = "cli
     if w is None:
         known = f"Known {label} names: {', '.join(known_names(kind))}"
         if path.suffix or os.sep in name:
-            raise MissingWeightsError(f"{label} weight file {name} does not exist. {known}.")
+            raise MissingWeightsError(f"{label} weight file {name} does not exist. {known}.\n"
+                                      f"{_KIND_ALTERNATIVE[kind]}")
         raise MissingWeightsError(
             f"{label} weights {name!r} not found: it is neither an existing file nor a known name. {known} "
-            f"(looked up in {folder}, the weights folder; set {ENV_VAR} to use another folder)."
+            f"(looked up in {folder}, the weights folder; set {ENV_VAR} to use another folder).\n"
+            f"{_KIND_ALTERNATIVE[kind]}"
         )
     found = folder / w.filename
     if found.is_file():
@@ -222,7 +232,8 @@ def resolve_weight(name_or_path: str | os.PathLike[str], kind: WeightKind = "cli
         f"(the weights folder: ${ENV_VAR} if set, else {DEFAULT_WEIGHTS_DIR}){caches}.\n"
         f"Download the official {w.source} file from {w.url}, e.g.:\n"
         f"{download_hint(w, folder)}\n"
-        f"or set {ENV_VAR} to the folder that holds {w.filename}, or pass the file's path instead of the name."
+        f"or set {ENV_VAR} to the folder that holds {w.filename}, or pass the file's path instead of the name.\n"
+        f"{_KIND_ALTERNATIVE[kind]}"
     )
 
 

@@ -21,6 +21,8 @@ the resume state there and stops (a second Ctrl-C stops at once).
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -169,15 +171,31 @@ def _save_resume(out_dir: Path, done: int, model: Segmenter, optimizer: torch.op
                                          "scaler": scaler.state_dict() if scaler is not None else None})
 
 
+def _finish(out_dir: Path, model: Segmenter, total_iter: int, recipe_hash: str, *, keep_resume: bool) -> None:
+    """Write the final weights once (``model.safetensors``); mark the training finished in ``resume.json`` and,
+    unless ``keep_resume``, drop the full resume state (weights again plus the optimiser's state)."""
+    save_weights(out_dir / "model.safetensors", model)
+    write_json(out_dir / "resume.json", {"iteration": total_iter, "recipe_hash": recipe_hash, "scaler": None,
+                                         "finished": True})
+    if not keep_resume:
+        (out_dir / "resume.safetensors").unlink(missing_ok=True)
+
+
 def _load_resume(out_dir: Path, model: Segmenter, optimizer: torch.optim.Optimizer, scaler: Any,
                  recipe_hash: str, device: str) -> int:
     from safetensors.torch import load_file
 
     meta_path, tensor_path = out_dir / "resume.json", out_dir / "resume.safetensors"
-    if not meta_path.is_file() or not tensor_path.is_file():
+    if not meta_path.is_file():
         return 0
     meta = read_json(meta_path)
     if meta.get("recipe_hash") != recipe_hash:
+        return 0
+    final = out_dir / "model.safetensors"
+    if meta.get("finished") and final.is_file():  # nothing left to train: the final weights are the state
+        load_weights(final, model)
+        return int(meta["iteration"])
+    if not tensor_path.is_file():
         return 0
     tensors = load_file(str(tensor_path))
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -221,6 +239,16 @@ class _DeferredInterrupt:
             self._previous = None
 
 
+def last_logged_loss(metrics: Path) -> float:
+    """The loss of the last row of ``metrics.jsonl`` (the mean over its ``log_every`` iterations), NaN if none."""
+    if not metrics.is_file():
+        return float("nan")
+    for line in reversed(metrics.read_text(encoding="utf-8").splitlines()):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return float(json.loads(line)["loss"])
+    return float("nan")
+
+
 @dataclass
 class SegTrainResult:
     iterations: int
@@ -228,6 +256,7 @@ class SegTrainResult:
     seconds: float
     final_weights: Path | None
     last_loss: float
+    """Mean loss of the last logged window (``log_every`` iterations): the last row of ``metrics.jsonl``."""
     val: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -271,7 +300,8 @@ def train_segmenter(
         truncate_metrics(val_log, start)
     stop = min(total_iter, stop_at if stop_at is not None else total_iter)
     if len(data) < recipe.batch_size:
-        raise ConfigError(f"batch_size {recipe.batch_size} is larger than the training split ({len(data)} images)")
+        raise ConfigError(f"batch_size {recipe.batch_size} (a train-seg recipe key) is larger than the training "
+                          f"split ({len(data)} images): pass batch_size={len(data)} or less to tag2mask train-seg")
 
     def batches() -> Iterator[list[tuple[int, int, int]]]:
         for t in range(start, stop):
@@ -296,7 +326,7 @@ def train_segmenter(
     bar = tqdm(total=stop - start, desc=f"train {recipe.net}", unit="it", disable=not show_progress or rank != 0,
                **bar_options())
     t0 = time.perf_counter()
-    last, window = float("nan"), []
+    last, window = last_logged_loss(metrics), []
     val_rows: list[dict[str, float]] = []
     model.train()
     it = iter(loader)
@@ -316,15 +346,17 @@ def train_segmenter(
                 dist.all_reduce(v)
                 value = float(v[0]) / world
                 interrupt.requested = bool(v[1] > 0)
-            last = value
             window.append(value)
             done = t + 1
-            if rank == 0 and (done % recipe.log_every == 0 or done == stop):
-                with open(metrics, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"iter": t, "loss": float(np.mean(window)), "lr": lr,
-                                        "seconds": round(time.perf_counter() - t0, 3)}) + "\n")
+            if done % recipe.log_every == 0 or done == stop:
+                last = float(np.mean(window))  # the "last loss": the last row of metrics.jsonl, on every rank
+                if rank == 0:
+                    with open(metrics, "a", encoding="utf-8") as f:
+                        f.write(json.dumps({"iter": t, "loss": last, "lr": lr,
+                                            "seconds": round(time.perf_counter() - t0, 3)}) + "\n")
                 window = []
-            checkpoint = done % recipe.checkpoint_every == 0 or done == total_iter
+            # the last iteration's weights are model.safetensors (written after the loop), kept once
+            checkpoint = done % recipe.checkpoint_every == 0 and done != total_iter
             if validate is not None and recipe.val_every and (done % recipe.val_every == 0 or done == total_iter):
                 model.eval()
                 miou = float(validate(model))
@@ -334,11 +366,12 @@ def train_segmenter(
                     with open(val_log, "a", encoding="utf-8") as f:
                         f.write(json.dumps(val_rows[-1]) + "\n")
                     bar.write(f"iteration {done}: validation mIoU {miou:.1f}")
-            if rank == 0 and (checkpoint or done == stop):
+            save_state = checkpoint or (done == stop and done != total_iter)
+            if rank == 0 and save_state:
                 if checkpoint:
                     save_weights(out_dir / "checkpoints" / f"iter_{done}.safetensors", model)
                 _save_resume(out_dir, done, model, optimizer, scaler, recipe_hash)
-            if world > 1 and (checkpoint or done == stop):
+            if world > 1 and save_state:
                 dist.barrier()
             bar.update(1)
             bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.2g}")
@@ -353,7 +386,9 @@ def train_segmenter(
     bar.close()
     final = out_dir / "model.safetensors"
     if stop == total_iter:
-        if rank == 0:
-            save_weights(final, model)
+        if rank == 0 and (start < total_iter or not final.is_file()):
+            _finish(out_dir, model, total_iter, recipe_hash, keep_resume=recipe.keep_resume)
+        if world > 1:
+            dist.barrier()
         return SegTrainResult(stop, start, time.perf_counter() - t0, final, last, val_rows)
     return SegTrainResult(stop, start, time.perf_counter() - t0, None, last, val_rows)

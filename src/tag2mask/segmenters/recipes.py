@@ -85,7 +85,11 @@ class SegmenterRecipe:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 2000
-    """Save ``checkpoints/iter_<n>.safetensors`` and the resume state every this many iterations (and at the end)."""
+    """Save ``checkpoints/iter_<n>.safetensors`` and the resume state every this many iterations; the last
+    iteration's weights are ``model.safetensors``."""
+    keep_resume: bool = False
+    """Keep the resume state (the weights again plus the optimiser's state, about 2× the model) once the training
+    has finished; by default only ``model.safetensors`` keeps the weights then."""
     val_every: int = 4000
     """Validation mIoU every this many iterations (and at the end) when the val split has ground truth; 0 = never
     (default 4000, 16000 on COCO, whose val split has 40,137 images; under torchrun the ranks share the work)."""

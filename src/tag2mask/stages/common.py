@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -102,6 +102,23 @@ def prompt_names(config: Config, task: str, class_names: tuple[str, ...] | list[
     if getattr(config.prompts, task).bg_prompts == "nameless":
         bg = [""] * len(bg)
     return fg, bg
+
+
+def clip_fit_warning(config: Config, class_names: Sequence[str], *, image: Path | None = None) -> str | None:
+    """One sentence when ``models.clip`` cannot know the names its prompts read (both tasks, foreground and
+    background) or the images: the run's dataset, or the one ``image`` file (synthetic when a folder above it is a
+    synthetic dataset's root), else None."""
+    from tag2mask.models.vocabulary import is_synthetic_root, model_fit_warning
+
+    names: list[str] = []
+    for task in ("cls", "seg"):
+        fg, bg = prompt_names(config, task, class_names)
+        names += fg + bg
+    if image is None:
+        synthetic = is_synthetic_root(config.data.dataset, config.data.root)
+    else:
+        synthetic = any(is_synthetic_root("", p) for p in list(Path(image).resolve().parents)[:3])
+    return model_fit_warning(config.models.clip, names, synthetic_images=synthetic)
 
 
 def build_prompt_learner(clip_model: Any, config: Config, task: str, class_names: tuple[str, ...] | list[str]) -> Any:

@@ -19,7 +19,15 @@ from typing import Any
 from tag2mask.config import Config, stage_hashes
 from tag2mask.errors import Tag2MaskError
 from tag2mask.io import write_json
-from tag2mask.stages.common import barrier, context_path, join_process_group, log, open_split, resolve_device
+from tag2mask.stages.common import (
+    barrier,
+    clip_fit_warning,
+    context_path,
+    join_process_group,
+    log,
+    open_split,
+    resolve_device,
+)
 from tag2mask.stages.rundir import RunDir
 
 STEPS = ("superpixels", "train_cls", "cams_cls", "seeds_coarse", "train_seg", "cams_seg", "seeds_fine", "evaluate")
@@ -50,6 +58,7 @@ def run_pipeline(
     device = resolve_device(config.runtime.device)
     rank, world = join_process_group(config)
     lead = rank == 0
+    preflight(config, limit=limit)  # before the run folder is made: a bad setting leaves nothing behind
     run = RunDir.create(run_dir, config) if lead else RunDir(run_dir)
     barrier()
     hashes = stage_hashes(config)
@@ -107,6 +116,11 @@ def run_pipeline(
 
     out(f"tag2mask run: {run.path} (preset {config.preset}, {config.data.dataset} {split}, device {device}, "
         f"{world} worker(s))")
+    warning = clip_fit_warning(config, open_split(config, split).class_names)
+    if warning:
+        out(warning)
+    if lead:
+        run.set_warnings([warning] if warning else [])
     step(1, "superpixels", {"split": split, "folder": str(superpixels_dir(config, split))}, superpixels)
     step(2, "train_cls", {"split": split}, train("cls"))
     step(3, "cams_cls", {"split": split}, cams("cls"))
@@ -118,6 +132,28 @@ def run_pipeline(
         result.metrics = evaluate_run(config, run, limit=limit, say=out)
     barrier()
     return result
+
+
+def preflight(config: Config, *, limit: int | None = None) -> None:
+    """What can be checked before any work, each a one-line error naming what to change: the training split
+    opens, both prompt-training batches fit in it, the CLIP file exists, and so does the SAM file when SAM has
+    quasi-superpixels left to make."""
+    from tag2mask.models.weights import resolve_weight
+    from tag2mask.stages.superpixels import import_source, superpixel_path, superpixels_dir
+    from tag2mask.stages.train import check_batch_sizes
+
+    dataset = open_split(config, config.data.train_split)
+    check_batch_sizes(config, len(dataset))
+    resolve_weight(config.models.clip, kind="clip")
+    if config.superpixels.source == "sam" and import_source(config) is None:
+        folder = superpixels_dir(config, config.data.train_split)
+        ids = dataset.ids[:limit] if limit else dataset.ids
+        if any(not Path(f"{superpixel_path(folder, i)}.json").is_file() for i in ids):
+            sam = config.models.sam
+            if sam in ("", "default"):  # the official file of models.sam_type ('tiny' has none: load_sam says so)
+                sam = "" if config.models.sam_type == "tiny" else config.models.sam_type.replace("default", "vit_h")
+            if sam:
+                resolve_weight(sam, kind="sam")
 
 
 def evaluate_run(config: Config, run: RunDir, *, limit: int | None = None, say: Callable[[str], None] = print) -> dict:

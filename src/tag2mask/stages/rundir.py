@@ -65,6 +65,34 @@ class StageRecord:
     versions: dict[str, str] = field(default_factory=dict)
 
 
+_CREATED: list[tuple[Path, bool]] = []
+"""Run folders this process made a run of: (path, whether the folder itself existed before)."""
+
+
+def discard_unstarted_runs() -> list[Path]:
+    """Undo the run folders this process created in which no stage has begun (a command that failed before its
+    first stage leaves no half-made run behind); returns the folders removed. Folders that existed before keep
+    everything but the two files written here."""
+    removed = []
+    while _CREATED:
+        path, existed = _CREATED.pop()
+        try:
+            manifest = read_json(path / RunDir.MANIFEST) if (path / RunDir.MANIFEST).is_file() else {}
+        except (OSError, ValueError):
+            continue
+        if manifest.get("stages"):
+            continue
+        for name in (RunDir.CONFIG, RunDir.MANIFEST):
+            (path / name).unlink(missing_ok=True)
+        if not existed:
+            try:
+                path.rmdir()  # only when nothing else is inside
+            except OSError:
+                continue
+        removed.append(path)
+    return removed
+
+
 class RunDir:
     """One pipeline run on disk. Create with :meth:`create` (new or resumed) or :meth:`open` (existing)."""
 
@@ -84,6 +112,8 @@ class RunDir:
         only what changed (see :meth:`begin_stage`). The new config replaces ``config.yaml``.
         """
         run = cls(path)
+        if not (run.path / cls.CONFIG).is_file():
+            _CREATED.append((run.path, run.path.exists()))
         run.path.mkdir(parents=True, exist_ok=True)
         write_text(run.path / cls.CONFIG, config.to_yaml())
         if not (run.path / cls.MANIFEST).exists():
@@ -95,7 +125,9 @@ class RunDir:
         """Open an existing run; a clear error if ``path`` is not one."""
         run = cls(path)
         if not (run.path / cls.CONFIG).is_file():
-            raise Tag2MaskError(f"{run.path} is not a tag2mask run directory (no {cls.CONFIG})")
+            raise Tag2MaskError(f"{run.path} is not a tag2mask run directory (no {cls.CONFIG}): make one with "
+                                f"tag2mask run --preset PRESET --run-dir {run.path} (or tag2mask demo --out "
+                                f"{run.path}), or give the folder of an existing run")
         return run
 
     # -- config and manifest --------------------------------------------------------------------------------
@@ -111,6 +143,14 @@ class RunDir:
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json(self.path / self.MANIFEST, manifest)
+
+    def set_warnings(self, warnings: list[str]) -> None:
+        """Record what the run should tell its reader (e.g. a CLIP that cannot know the classes); the report
+        shows them at the top. Replaces the warnings of an earlier call."""
+        manifest = self.manifest()
+        if manifest.get("warnings", []) != warnings:
+            manifest["warnings"] = warnings
+            self._write_manifest(manifest)
 
     def stage_record(self, stage: str) -> StageRecord | None:
         rec = self.manifest()["stages"].get(stage)

@@ -16,7 +16,7 @@ from PIL import Image
 from tag2mask.config import Config
 from tag2mask.errors import Tag2MaskError
 from tag2mask.io import atomic_write
-from tag2mask.stages.common import build_prompt_learner, context_path, resolve_device
+from tag2mask.stages.common import build_prompt_learner, clip_fit_warning, context_path, resolve_device
 from tag2mask.viz.palette import voc_palette, write_label_png
 
 
@@ -49,6 +49,8 @@ class SegmentResult:
     overlay_path: Path
     classes: list[str]
     pixels: dict[str, int]
+    warning: str | None = None
+    """Set when the run's CLIP cannot know these classes or this image (:mod:`tag2mask.models.vocabulary`)."""
 
 
 def segment_image(config: Config, run_path: Path, image_path: Path, classes: str, out_dir: Path) -> SegmentResult:
@@ -67,6 +69,7 @@ def segment_image(config: Config, run_path: Path, image_path: Path, classes: str
     if not ctx.is_file():
         raise Tag2MaskError(f"the run has no trained segmentation-task prompts ({ctx}); finish 'tag2mask run' first")
     image = read_rgb(image_path)
+    warning = clip_fit_warning(config, class_names, image=Path(image_path))
     device = resolve_device(config.runtime.device)
     clip = load_clip(config.models.clip, device=device)
     learner = build_prompt_learner(clip, config, "seg", class_names).to(device)
@@ -85,4 +88,4 @@ def segment_image(config: Config, run_path: Path, image_path: Path, classes: str
     with atomic_write(overlay_path, "wb") as f:
         Image.fromarray(overlay(image, seed)).save(f, format="PNG")
     pixels = {class_names[c]: int((seed == c + 1).sum()) for c in fg_cls}
-    return SegmentResult(mask_path, overlay_path, [class_names[c] for c in fg_cls], pixels)
+    return SegmentResult(mask_path, overlay_path, [class_names[c] for c in fg_cls], pixels, warning)

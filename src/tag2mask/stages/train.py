@@ -22,6 +22,18 @@ from tag2mask.stages.common import (
 from tag2mask.train.loop import TrainResult, train_prompts
 
 
+def check_batch_sizes(config: Config, n_images: int, tasks: tuple[str, ...] = ("cls", "seg")) -> None:
+    """ConfigError naming the keys when a task's batch is larger than the training split (no batch would fit)."""
+    from tag2mask.errors import ConfigError
+
+    too_big = [t for t in tasks if getattr(config.train, t).batch_size > n_images]
+    if too_big:
+        keys = " and ".join(f"train.{t}.batch_size ({getattr(config.train, t).batch_size})" for t in too_big)
+        fix = " ".join(f"train.{t}.batch_size={n_images}" for t in tasks)
+        raise ConfigError(f"{keys} larger than the training split {config.data.train_split!r} ({n_images} images): "
+                          f"set at most {n_images}, e.g. {fix}")
+
+
 def run_train(
     config: Config,
     task: str,
@@ -41,6 +53,7 @@ def run_train(
     device = resolve_device(config.runtime.device)
     rank, world = join_process_group(config)
     dataset = open_split(config, config.data.train_split)
+    check_batch_sizes(config, len(dataset), (task,))
     clip = load_clip(config.models.clip, device=device)
     learner = build_prompt_learner(clip, config, task, dataset.class_names).to(device)
     model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers)

@@ -8,8 +8,9 @@ Layout, one folder per network name (``--name``, default the network)::
       model.json            network, backbone, classes, dataset, labels folder, iterations — what ``predict`` needs
       metrics.jsonl         training loss and learning rate
       val.jsonl             validation mIoU (when the validation split has ground truth)
-      checkpoints/iter_<n>.safetensors
-      resume.safetensors, resume.json
+      checkpoints/iter_<n>.safetensors   every ``checkpoint_every`` iterations before the last
+      resume.safetensors, resume.json   the state to resume from; once finished, resume.json alone says so
+                            (``keep_resume=true`` keeps the full state)
       model.safetensors     the final weights
 
 Labels: the run's ``seeds_fine`` (``--labels DIR`` for any folder of label PNGs named ``<image id>.png``; 0
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tag2mask.config import Config, config_hash
-from tag2mask.errors import DataError, Tag2MaskError
+from tag2mask.errors import ConfigError, DataError, Tag2MaskError
 from tag2mask.io import read_json, write_json, write_text
 from tag2mask.segmenters.base import Segmenter
 from tag2mask.segmenters.recipes import SegmenterRecipe, backbone_weight_name, load_recipe, total_iterations
@@ -34,7 +35,8 @@ from tag2mask.stages.rundir import RunDir
 
 STAGE2 = "stage2"
 # recipe keys that never change the trained weights: excluded from the stage hash
-NEUTRAL_KEYS = ("log_every", "checkpoint_every", "val_every", "val_split", "val_limit", "test_flip", "test_scales")
+NEUTRAL_KEYS = ("log_every", "checkpoint_every", "keep_resume", "val_every", "val_split", "val_limit", "test_flip",
+                "test_scales")
 
 
 def stage_name(name: str) -> str:
@@ -170,6 +172,10 @@ def run_train_seg(
     device = resolve_device(config.runtime.device)
     rank, world = join_process_group(config)
     num_classes = 1 + dataset.num_classes
+    if recipe.batch_size > len(dataset):
+        raise ConfigError(f"batch_size {recipe.batch_size} (a train-seg recipe key) is larger than the training "
+                          f"split {config.data.train_split!r} ({len(dataset)} images): pass batch_size={len(dataset)} "
+                          "or less to tag2mask train-seg")
     total = total_iterations(recipe, len(dataset))
     labels_id = str(labels.resolve())
     seeds = run.stage_record("seeds_fine")

@@ -52,7 +52,8 @@ def iteration_indices(t: int, n_images: int, batch_size: int, seed: int) -> np.n
     """The dataset indices of iteration ``t``'s global batch (per-epoch permutation, last partial batch dropped)."""
     per_epoch = n_images // batch_size
     if per_epoch == 0:
-        raise ConfigError(f"batch size {batch_size} is larger than the training split ({n_images} images)")
+        raise ConfigError(f"batch size {batch_size} is larger than the training split ({n_images} images): lower "
+                          "train.cls.batch_size / train.seg.batch_size")
     epoch, j = divmod(t, per_epoch)
     perm = np.random.default_rng([seed, epoch]).permutation(n_images)
     return perm[j * batch_size : (j + 1) * batch_size]

@@ -77,6 +77,7 @@ tr.tuned td { background: #fff6e0; }
 table.kv td:first-child { width: 11em; font-weight: bold; background: #f3f3f3; }
 pre { background: #f7f7f7; padding: 0.6em; border: 1px solid #e4e4e4; white-space: pre-wrap; }
 .na { color: #a33; font-style: italic; } .note { color: #555; font-size: 0.92em; }
+.warn { background: #fff3cd; border: 1px solid #e0b84c; padding: 0.6em 0.8em; font-weight: bold; }
 .row { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; margin-bottom: 6px; }
 figure { margin: 0; max-width: 260px; } figure img { display: block; border: 1px solid #ccc;
 image-rendering: pixelated; } figcaption { font-size: 0.85em; color: #333; margin-top: 2px; }
@@ -1166,6 +1167,7 @@ def build_report(run_dir: str | Path, n_images: int = 4) -> str:
         f"<h1>{escape(title)}</h1>",
         '<p class="note">FMA-WSSS: image tags → CAMs → SAM quasi-superpixel seeding → seeds. '
         "A static page: everything is embedded.</p>",
+        *(f'<p class="warn">{escape(w)}</p>' for w in run.manifest.get("warnings", []) or [] if isinstance(w, str)),
         _guarded("Run", lambda: _header(run)),
         _guarded("Seed quality", lambda: _seed_quality(run)),
         _guarded("Stage II: segmentation networks", lambda: _stage2(run)),
