@@ -45,6 +45,27 @@ def test_config_show_prints_the_resolved_yaml(capsys: pytest.CaptureFixture[str]
     assert shown.superpixels.pred_iou_thresh == 0.86 and shown.train.cls.max_iter == 1800
 
 
+@pytest.mark.parametrize("preset", ["voc", "coco", "demo"])
+def test_config_show_keeps_the_presets_source_comments(preset: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from tag2mask.config import preset_path
+
+    assert main(["config", "show", preset, "seeds.fine.bg_power=0.75"]) == 0
+    out = capsys.readouterr().out
+    assert config_from_dict(yaml.safe_load(out)) == load_config(preset, ["seeds.fine.bg_power=0.75"])  # still YAML
+    assert out.startswith(f"# tag2mask config: {preset}.yaml (comments: where each of its values comes from, from "
+                          f"{preset_path(preset)})\n# changed on the command line: seeds.fine.bg_power=0.75\n")
+    source = preset_path(preset).read_text()
+    commented = [line for line in out.splitlines() if "  # " in line and not line.startswith("#")]
+    assert len(commented) > 40  # the presets comment nearly every value
+    for line in commented:  # each comment is the preset's own note for that key (or says it was overridden)
+        note = line.split("  # ", 1)[1]
+        assert note in source or note.startswith("set on the command line"), line
+    if preset == "voc":
+        assert "  clip: ViT-B/16  # SPEC §1.1: OpenAI ViT-B/16 (file ViT-B-16.pt)" in out
+        assert "  bg_names:  # SPEC §2.2: 25" in out  # a comment on the continuation line of a flow list
+        assert "    bg_power: 0.75  # set on the command line\n" in out
+
+
 def test_config_errors_are_one_line_exit_2() -> None:
     r = _run("config", "show", "voc", "seeds.bg_power=0.7")
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html as html_lib
 import io
+import json
 import re
 from pathlib import Path
 
@@ -120,6 +121,11 @@ def test_full_report(full_run: Path) -> None:
     assert "tuned on ground truth" in html and "best bg exponent p=3" in html
     assert "Per-class IoU" in html and "circle" in html
     assert "<h3>Evaluation protocol</h3>" in html and "split: train" in html
+    protocol = html.split("<h3>Evaluation protocol</h3>")[1].split("</pre>")[0]
+    assert "\nno hyper-parameter was chosen" not in protocol  # said per row, never for the whole table
+    assert "coarse and fine seeds: no hyper-parameter was chosen with ground truth" in protocol
+    assert "argmax seeds (seg CAMs): tuned on ground truth: p chosen among [1.0, 2.0, 3.0]" in protocol
+    assert "all background: nothing to tune" in protocol
     # efficiency: stage names, times, totals, parameters
     for name in SECONDS:
         assert f"<code>{name}</code>" in html
@@ -140,10 +146,19 @@ def test_full_report(full_run: Path) -> None:
     if not crf:  # the one expected gap: the CRF figure of each image names the missing extra
         figures = figures.replace(f"not available: {html_lib.escape(rep.CRF_MISSING)}", "")
     assert "not available" not in figures
-    # every embedded image is a PNG at most 256 px wide
-    for uri in re.findall(r'data:image/png;base64,([A-Za-z0-9+/=]+)', html):
+    # every embedded image is a PNG stored at most 384 px wide and shown at least 384 px wide (64 px × 6 here)
+    for uri, width, height in re.findall(r'data:image/png;base64,([A-Za-z0-9+/=]+)" width="(\d+)" height="(\d+)"',
+                                         html):
         with Image.open(io.BytesIO(base64.b64decode(uri))) as im:
-            assert im.format == "PNG" and im.width <= 256
+            assert im.format == "PNG" and im.width <= rep.DISPLAY_WIDTH
+            assert int(width) == 6 * im.width >= rep.DISPLAY_WIDTH and int(height) == 6 * im.height
+    # a colour bar under every heat map (each CAM) and score map (one per image)
+    assert html.count('<div class="cbar"') == sum(2 * len(s.labels) + 1 for s in dataset)
+    assert html.count("CAM, min-max normalised") == sum(2 * len(s.labels) for s in dataset)
+    # examples chosen by the fine seeds' per-image mIoU, labelled, with each seed's mIoU on that image
+    assert "best of 2 by fine-seed mIoU (100.0)" in html and "worst of 2 by fine-seed mIoU (100.0)" in html
+    assert html.count("mIoU 100.0 on this image</figcaption>") == 4  # coarse and fine seed of both images
+    assert "CAL (SPEC §4.2) measures the raw seg-task CAMs" in html and "here it rose" not in html
     # training curves as inline SVG polylines, 5 points each
     polylines = re.findall(r'<polyline[^>]*points="([^"]+)"', html)
     assert len(polylines) == 2 and all(len(p.split()) == 5 for p in polylines)
@@ -235,11 +250,20 @@ def test_colorize_and_overlay_exact() -> None:
     assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
     assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[0, 1].tolist() == [128, 0, 0]
     assert rgb[1, 0].tolist() == [0, 128, 0] and rgb[1, 1].tolist() == pal[255].tolist() == [224, 224, 192]
-    image = np.full((2, 2, 3), 100, np.uint8)
-    out = fig.overlay(image, label, alpha=0.5)
-    assert out[0, 0].tolist() == [100, 100, 100]  # background keeps the image
-    assert out[0, 1].tolist() == [114, 50, 50]  # (100 + 128) / 2, 100 / 2, 100 / 2
-    assert out[1, 0].tolist() == [50, 114, 50]
+    image = np.full((6, 6, 3), 100, np.uint8)
+    big = np.zeros((6, 6), np.uint8)
+    big[1:5, 1:5] = 1  # a 4×4 square of class 1 in the middle
+    out = fig.overlay(image, big, alpha=0.5)
+    assert out[0, 3].tolist() == [0, 0, 0]  # just outside the region: the dark halo
+    assert out[0, 0].tolist() == [100, 100, 100]  # background away from any region keeps the image
+    assert out[1, 1].tolist() == out[4, 2].tolist() == [128, 0, 0]  # the region's boundary: solid colour
+    assert out[2, 2].tolist() == out[3, 3].tolist() == [114, 50, 50]  # inside: (100 + 128) / 2, 100 / 2, 100 / 2
+    # on an image of the label's own colour the halo still shows the region
+    same = fig.overlay(np.broadcast_to(np.array([128, 0, 0], np.uint8), (6, 6, 3)), big, alpha=0.5)
+    assert same[0, 3].tolist() == list(fig.HALO_RGB) != same[1, 3].tolist()
+    edges = fig.label_edges(np.array([[0, 0, 1], [0, 0, 1]]))
+    assert edges.tolist() == [[False, True, True], [False, True, True]]
+    assert fig.heat_css_gradient().startswith("linear-gradient(to right, rgb(0,0,128) 0%, rgb(0,0,255) 12.5%")
 
 
 def test_heatmap_exact() -> None:
@@ -439,3 +463,39 @@ def test_stage2_malformed_and_partial(stage2_run: Path) -> None:
     assert "not in the manifest" in section
     for later in ("<h2>Efficiency</h2>", "<h2>Training curves</h2>"):
         assert later in html
+
+
+def test_pick_examples_best_median_worst() -> None:
+    ids = [f"i{k}" for k in range(9)]
+    miou = {f"i{k}": k / 10 for k in range(9)}  # i8 best (0.8), i0 worst
+    chosen, how = rep.pick_examples(ids, miou, 3)
+    assert [i for i, _ in chosen] == ["i8", "i4", "i0"]
+    assert [r.split(" of ")[0] for _, r in chosen] == ["best", "median", "worst"]
+    assert chosen[1][1] == "median of 9 by fine-seed mIoU (40.0)" and "best, median and worst" in how
+    four, _ = rep.pick_examples(ids, miou, 4)  # evenly spaced, the median included
+    assert [i for i, _ in four] == ["i8", "i4", "i3", "i0"]
+    assert [i for i, _ in rep.pick_examples(ids, miou, 1)[0]] == ["i4"]  # one example: the typical one
+    assert [i for i, _ in rep.pick_examples(ids, miou, 20)[0]] == [f"i{k}" for k in range(8, -1, -1)]
+    unscored, how = rep.pick_examples(ids, {}, 2)  # no ground truth: the first images
+    assert unscored == [("i0", ""), ("i1", "")] and how.startswith("The first 2 images")
+    with_gaps, _ = rep.pick_examples(ids, {"i3": 0.5, "i5": float("nan"), "i6": None}, 3)
+    assert with_gaps == [("i3", "median of 1 by fine-seed mIoU (50.0)")]
+
+
+def test_single_level_superpixels_are_explained(full_run: Path) -> None:
+    from tag2mask.superpixels import Superpixels
+
+    manifest = json.loads((full_run / "manifest.json").read_text())
+    folder = Path(manifest["stages"]["superpixels"]["inputs"]["folder"])
+    for stem in {p.with_suffix("") for p in folder.glob("*.npz")}:
+        sp = Superpixels.load(stem)
+        Superpixels.from_masks(np.asarray(sp.masks), [2] * len(sp.levels), preset="import").save(stem)
+    html = rep.write_report(full_run).read_text(encoding="utf-8")
+    assert html.count("SAMS paints every mask in one pass</figcaption>") == 2  # one per image
+
+
+def test_a_rising_cal_curve_is_explained(full_run: Path) -> None:
+    lines = [f'{{"iter": {i}, "lr": 0.001, "loss": {0.1 * (i + 1):.4f}, "seconds": {i}}}' for i in range(5)]
+    write_text(full_run / "train_seg" / "metrics.jsonl", "\n".join(lines) + "\n")
+    html = rep.write_report(full_run).read_text(encoding="utf-8")
+    assert "here it rose, which is not a failure by itself" in html

@@ -620,7 +620,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
         return 0
     config = cfgmod.load_config(args.preset, args.overrides)
     if args.config_command == "show":
-        sys.stdout.write(config.to_yaml())
+        sys.stdout.write(cfgmod.annotated_yaml(config, args.preset, args.overrides))
     else:
         for stage, h in cfgmod.stage_hashes(config).items():
             print(f"{stage:14s} {h}")

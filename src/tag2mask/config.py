@@ -402,6 +402,57 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
+_KEY_LINE = re.compile(r"^(\s*)([A-Za-z_]\w*):(.*)$")
+
+
+def _key_comments(text: str) -> dict[str, str]:
+    """``{dotted key: its end-of-line comment}`` of a YAML config file written like the presets."""
+    out: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        m = _KEY_LINE.match(line)
+        if not m:  # a flow list continued on the next line may carry its key's comment
+            if stack and "  #" in line and not line.lstrip().startswith(("-", "#")):
+                out.setdefault(".".join(k for _, k in stack), line.split("  #", 1)[1].strip())
+            continue
+        indent = len(m.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, m.group(2)))
+        rest = m.group(3)
+        if "  #" in rest and rest.count('"') % 2 == 0:
+            out[".".join(k for _, k in stack)] = rest.split("  #", 1)[1].strip()
+    return out
+
+
+def annotated_yaml(config: Config, source: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """:meth:`Config.to_yaml` with the comments of the preset (or YAML file) it came from kept on their keys (they
+    say where each value comes from), and a header naming the file and the overrides."""
+    path = Path(source) if str(source).endswith((".yaml", ".yml")) else preset_path(str(source))
+    comments = _key_comments(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    changed = {parse_override(o)[0] for o in overrides}
+    header = [f"# tag2mask config: {path.name} (comments: where each of its values comes from, from {path})"]
+    if overrides:
+        header.append(f"# changed on the command line: {' '.join(overrides)}")
+    lines: list[str] = []
+    stack: list[tuple[int, str]] = []
+    for line in config.to_yaml().splitlines():
+        m = _KEY_LINE.match(line)
+        if m:
+            indent = len(m.group(1))
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            stack.append((indent, m.group(2)))
+            key = ".".join(k for _, k in stack)
+            note = comments.get(key)
+            if key in changed:
+                note = "set on the command line" + (f" (the file's note: {note})" if note else "")
+            if note:
+                line = f"{line}  # {note}"
+        lines.append(line)
+    return "\n".join(header + lines) + "\n"
+
+
 def load_config(preset: str | Path = "voc", overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a :class:`Config` from a preset name (or a YAML file path) and ``key=value`` overrides."""
     path = Path(preset) if str(preset).endswith((".yaml", ".yml")) else preset_path(str(preset))

@@ -66,6 +66,7 @@ def run_evaluate(
     ids = dataset.ids[:limit] if limit else dataset.ids
     num_classes = dataset.num_classes + 1
     conf = ConfusionMatrix(num_classes, ignore_index=config.evaluate.ignore_index)
+    per_image: dict[str, float | None] = {}
     for image_id in progress(ids, len(ids), f"evaluate {split}", show_progress):
         path = Path(pred_dir) / f"{image_id}.png"
         if not path.is_file():
@@ -73,7 +74,10 @@ def run_evaluate(
         pred, gt = read_label_png(path), dataset.load_mask(image_id)
         if pred.shape != gt.shape:
             raise DataError(f"{path}: prediction is {pred.shape}, the ground truth is {gt.shape}")
-        conf.update(pred, gt)
+        one = ConfusionMatrix(num_classes, ignore_index=config.evaluate.ignore_index).update(pred, gt)
+        conf.merge(one)
+        value = one.miou()  # over the classes of this image's ground truth (SPEC §9), as for the split
+        per_image[image_id] = None if np.isnan(value) else round(float(value), 6)
     protocol = Protocol(
         split=split,
         label_source=f"{config.data.dataset}: image labels from {config.data.label_source}",
@@ -82,7 +86,9 @@ def run_evaluate(
         tuned_on_gt=list(tuned_on_gt if tuned_on_gt is not None else gt_tuned_choices(config)),
         notes=[f"predictions: {pred_dir}", *(notes or [])],
     )
-    return evaluation_report(conf, ["background", *dataset.class_names], protocol)
+    report = evaluation_report(conf, ["background", *dataset.class_names], protocol)
+    report["per_image_miou"] = per_image  # the run report picks its best, median and worst examples from these
+    return report
 
 
 def write_report(report: dict[str, Any], stem: Path) -> tuple[Path, Path]:

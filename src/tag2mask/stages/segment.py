@@ -17,7 +17,8 @@ from tag2mask.config import Config
 from tag2mask.errors import Tag2MaskError
 from tag2mask.io import atomic_write
 from tag2mask.stages.common import build_prompt_learner, clip_fit_warning, context_path, resolve_device
-from tag2mask.viz.palette import voc_palette, write_label_png
+from tag2mask.viz.figures import overlay
+from tag2mask.viz.palette import write_label_png
 
 
 def parse_classes(text: str, class_names: list[str] | tuple[str, ...]) -> list[int]:
@@ -33,14 +34,6 @@ def parse_classes(text: str, class_names: list[str] | tuple[str, ...]) -> list[i
             f"trained for: {', '.join(class_names)}"
         )
     return sorted({lookup[w.lower()] for w in wanted})
-
-
-def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """``image`` with the label colours blended in (background and ignore left untouched)."""
-    colours = voc_palette()[label].astype(np.float32)
-    mask = ((label > 0) & (label < 255))[..., None]
-    out = np.where(mask, (1 - alpha) * image.astype(np.float32) + alpha * colours, image.astype(np.float32))
-    return out.round().clip(0, 255).astype(np.uint8)
 
 
 @dataclass

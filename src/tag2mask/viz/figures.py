@@ -64,13 +64,45 @@ def blend(image: np.ndarray, colour: np.ndarray, alpha: float, where: np.ndarray
     return np.where(np.asarray(where, bool)[:, :, None], mixed, img)
 
 
-def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """The label map blended over the image: background (0) pixels keep the image, every other label id
-    (ignore 255 included) is mixed with its palette colour at ``alpha``."""
+#: Colour of the line drawn just outside every labelled region by :func:`overlay` (with the region's own solid
+#: colour inside it, one of the two stands out on any image).
+HALO_RGB: tuple[int, int, int] = (0, 0, 0)
+
+
+def label_edges(label: np.ndarray) -> np.ndarray:
+    """``H×W`` bool: the pixels with a 4-neighbour of another label id (both sides of every boundary)."""
+    lab = np.asarray(label)
+    edge = np.zeros(lab.shape, bool)
+    diff_v = lab[1:, :] != lab[:-1, :]
+    diff_h = lab[:, 1:] != lab[:, :-1]
+    edge[1:, :] |= diff_v
+    edge[:-1, :] |= diff_v
+    edge[:, 1:] |= diff_h
+    edge[:, :-1] |= diff_h
+    return edge
+
+
+def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The label map over the image, visible on any image: every labelled pixel (ignore 255 included) mixed
+    with its palette colour at ``alpha`` (a translucent fill), each region's boundary in its solid colour, and
+    a :data:`HALO_RGB` line on the background pixels just outside it. Background (0) elsewhere keeps the image."""
     label = np.asarray(label)
     if label.shape != np.asarray(image).shape[:2]:
         raise ValueError(f"label {label.shape} and image {np.asarray(image).shape[:2]} differ in size")
-    return blend(image, colorize_labels(label), alpha, where=label != 0)
+    colours = colorize_labels(label)
+    labelled = label != 0
+    out = blend(image, colours, alpha, where=labelled)
+    edges = label_edges(label)
+    inside = edges & labelled
+    out[inside] = colours[inside]
+    out[edges & ~labelled] = HALO_RGB
+    return out
+
+
+def heat_css_gradient() -> str:
+    """The heat colour map (:data:`HEAT_ANCHORS`) as a CSS ``linear-gradient`` from 0 (left) to 1 (right)."""
+    stops = ", ".join(f"rgb({r},{g},{b}) {100 * pos:g}%" for pos, r, g, b in HEAT_ANCHORS)
+    return f"linear-gradient(to right, {stops})"
 
 
 def heatmap(values: np.ndarray) -> np.ndarray:

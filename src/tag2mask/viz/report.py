@@ -47,7 +47,8 @@ from tag2mask.viz import figures as fig
 __all__ = ["DEFAULT_NAME", "build_report", "learnable_parameters", "load_superpixel_arrays", "loss_svg", "write_report"]
 
 DEFAULT_NAME = "report.html"
-MAX_WIDTH = 256  # figure images are downscaled to at most this width (px)
+DISPLAY_WIDTH = 384  # figures are shown at least this wide (px): small images are enlarged by an integer factor
+# (nearest-neighbour, by the browser) and larger ones are stored downscaled to this width
 TASKS = ("cls", "seg")
 SEEDS_OF_TASK = {"cls": "seeds_coarse", "seg": "seeds_fine"}
 #: The method's stages in pipeline order (quasi-superpixels are reported apart), with a short description.
@@ -79,12 +80,14 @@ pre { background: #f7f7f7; padding: 0.6em; border: 1px solid #e4e4e4; white-spac
 .na { color: #a33; font-style: italic; } .note { color: #555; font-size: 0.92em; }
 .warn { background: #fff3cd; border: 1px solid #e0b84c; padding: 0.6em 0.8em; font-weight: bold; }
 .row { display: flex; flex-wrap: wrap; gap: 10px; align-items: flex-start; margin-bottom: 6px; }
-figure { margin: 0; max-width: 260px; } figure img { display: block; border: 1px solid #ccc;
+figure { margin: 0; max-width: 420px; } figure img { display: block; border: 1px solid #ccc;
 image-rendering: pixelated; } figcaption { font-size: 0.85em; color: #333; margin-top: 2px; }
 figure.missing { width: 200px; min-height: 60px; border: 1px dashed #ccc; padding: 6px; }
 .sw { display: inline-block; width: 0.9em; height: 0.9em; border: 1px solid #888; vertical-align: middle;
 margin-right: 2px; }
 .imgblock { border-top: 1px solid #eee; padding-top: 0.6em; margin-top: 1em; }
+.cbar { height: 10px; border: 1px solid #999; margin-top: 3px; } .cbar-labels { display: flex;
+justify-content: space-between; font-size: 0.8em; color: #444; }
 svg text { font-size: 10px; fill: #444; }
 """
 
@@ -303,6 +306,27 @@ def _eval_report(run: _Run, name: str) -> dict[str, Any] | None:
     return None
 
 
+def _protocol_lines(description: str, tuned: Any, metrics: dict[str, Any]) -> list[str]:
+    """The seed evaluation's protocol with what was tuned on ground truth said per row of the table: the seeds'
+    own GT-chosen values (from their evaluation), the argmax rows' exponent, nothing for all background."""
+    lines = [line for line in description.splitlines() if not (
+        line.startswith("no hyper-parameter was chosen") or line.startswith("tuned on ground truth")
+        or line.startswith("  - "))]
+    if isinstance(tuned, list) and tuned:
+        lines.append("coarse and fine seeds: tuned on ground truth (not a clean held-out number):")
+        lines += [f"  - {t}" for t in tuned]
+    elif isinstance(tuned, list):
+        lines.append("coarse and fine seeds: no hyper-parameter was chosen with ground truth")
+    else:
+        lines.append("coarse and fine seeds: what was tuned on ground truth is not recorded (no evaluation report)")
+    for t in TASKS:
+        a = metrics.get(f"argmax_{t}")
+        if isinstance(a, dict):
+            lines.append(f"argmax seeds ({t} CAMs): tuned on ground truth: {a.get('tuned_on_ground_truth', '')}")
+    lines.append("all background: nothing to tune")
+    return lines
+
+
 def _seed_quality(run: _Run) -> str:
     m = run.metrics
     if not m:
@@ -351,9 +375,8 @@ def _seed_quality(run: _Run) -> str:
     protocol = (fine_report or {}).get("protocol", {}).get("description") or m.get("protocol")
     out.append("<h3>Evaluation protocol</h3>")
     if protocol:
-        extra = [f"argmax seeds ({t} CAMs): {m[f'argmax_{t}'].get('tuned_on_ground_truth', '')} "
-                 f"— tuned on ground truth" for t in TASKS if isinstance(m.get(f"argmax_{t}"), dict)]
-        out.append(f"<pre>{escape(chr(10).join([str(protocol), *extra]))}</pre>")
+        tuned = (fine_report or {}).get("protocol", {}).get("tuned_on_gt")
+        out.append(f"<pre>{escape(chr(10).join(_protocol_lines(str(protocol), tuned, m)))}</pre>")
     else:
         out.append(_na("no protocol recorded in metrics.json"))
     out.append("<h3>Per-class IoU (%)</h3>")
@@ -652,7 +675,8 @@ def _stage2_curves(net_dir: Path) -> str:
         out.append(_na(f"{STAGE2_DIR}/{name}/metrics.jsonl holds no finite loss yet"))
     else:
         shown = _bin_means(points, MAX_CURVE_POINTS)
-        note = f"{len(points)} log lines, first loss {points[0][1]:.4g}, last {points[-1][1]:.4g}"
+        note = (f"{len(points)} log lines, each the mean loss of the iterations since the previous one (recipe "
+                f"log_every); first {points[0][1]:.4g}, last {points[-1][1]:.4g} (the 'last loss' train-seg prints)")
         if len(shown) < len(points):
             note += f"; {len(shown)} points shown (means of consecutive lines)"
         out.append(f"<figure style=\"max-width:none\">{loss_svg(shown, f'{name}: training loss')}"
@@ -803,16 +827,35 @@ class _Panel:
     caption: str  # HTML
     rgb: np.ndarray | None = None
     missing: str = ""  # "not available" text when rgb is None
+    colour_bar: str = ""  # HTML shown under the image (heat maps: what the colours mean)
 
     def html(self) -> str:
         if self.rgb is None:
             return (f'<figure class="missing"><figcaption>{self.caption}</figcaption>'
                     f"{_na(self.missing)}</figure>")
         h, w = self.rgb.shape[:2]
+        k = display_factor(w)
         alt = escape(_strip_tags(self.caption), quote=True)
         uri = fig.png_data_uri(self.rgb, PHOTO_COLOURS)
-        return (f'<figure><img src="{uri}" width="{w}" height="{h}" alt="{alt}">'
+        return (f'<figure><img src="{uri}" width="{k * w}" height="{k * h}" alt="{alt}">{self.colour_bar}'
                 f"<figcaption>{self.caption}</figcaption></figure>")
+
+
+def display_factor(width: int) -> int:
+    """The integer enlargement that shows a ``width``-px figure at least :data:`DISPLAY_WIDTH` px wide (1 when it
+    already is); the browser enlarges it nearest-neighbour (``image-rendering: pixelated``), so label maps stay
+    crisp and the page stays small."""
+    return max(1, -(-DISPLAY_WIDTH // max(1, int(width))))
+
+
+def _colour_bar(low: str, high: str, what: str, no_value: bool = False) -> str:
+    """A heat-colour legend: the gradient from ``low`` to ``high`` with what the values are."""
+    grey = ""
+    if no_value:
+        grey = f" {_rgb_swatch(fig.NO_VALUE_RGB)}no superpixel"
+    return (f'<div class="cbar" style="background:{fig.heat_css_gradient()}"></div>'
+            f'<div class="cbar-labels"><span>{escape(low)}</span><span>{escape(what)}{grey}</span>'
+            f"<span>{escape(high)}</span></div>")
 
 
 def _strip_tags(text: str) -> str:
@@ -917,16 +960,18 @@ def _score_map(run: _Run, task: str, cam: dict[str, np.ndarray], j: int, sp: _Su
         return fig.paint_superpixels(masks_small, values, order), "mean of the min-max-normalised CAM"
 
 
-def _image_figures(run: _Run, dataset: Any, image_id: str, sp_folder: Path | None) -> str:
+def _image_figures(run: _Run, dataset: Any, image_id: str, sp_folder: Path | None, role: str = "",
+                   per_image: dict[str, dict[str, float | None]] | None = None) -> str:
     sample = dataset[image_id]
     names = list(dataset.class_names)
     image = dataset.load_image(image_id)
     size = image.shape[:2]
-    small = fig.display_size(size, MAX_WIDTH)
+    small = fig.display_size(size, DISPLAY_WIDTH)
     disp = fig.resize_rgb(image, small)
     dim = fig.blend(disp, np.zeros(3), 0.45)
     tags = " ".join(_swatch(c + 1) + escape(names[c]) for c in sample.labels) or "no tags"
-    out = [f'<div class="imgblock"><h3>{escape(image_id)}</h3>']
+    heading = escape(image_id) + (f" — {escape(role)}" if role else "")
+    out = [f'<div class="imgblock"><h3>{heading}</h3>']
 
     # image and ground truth
     panels = [_Panel(f"image {size[1]}×{size[0]} — tags: {tags}", disp)]
@@ -952,7 +997,8 @@ def _image_figures(run: _Run, dataset: Any, image_id: str, sp_folder: Path | Non
                 panels.append(_Panel(caption, missing="no CAM for this class in the file"))
                 continue
             heat = fig.heatmap(fig.resize_bilinear(fig.minmax01(cam["cam"][where[0]]), small))
-            panels.append(_Panel(caption, fig.blend(disp, heat, 0.55)))
+            panels.append(_Panel(caption, fig.blend(disp, heat, 0.55),
+                                 colour_bar=_colour_bar("0", "1", "CAM, min-max normalised")))
     if panels:
         out.append('<p class="note">CAMs as the seeds read them (after CAA when enabled), clamped at 0, min-max '
                    "normalised, upsampled bilinearly to the image; cls task left, seg task right.</p>" + _row(panels))
@@ -972,7 +1018,10 @@ def _image_figures(run: _Run, dataset: Any, image_id: str, sp_folder: Path | Non
         counts = np.bincount(np.clip(sp.levels, 0, 2), minlength=3)
         legend = ", ".join(f"{_rgb_swatch(fig.LEVEL_RGB[k])}{n} {w}" for k, (n, w) in
                            enumerate(zip(counts, ("subpart", "part", "whole"))))
-        panels.append(_Panel(f"quasi-superpixels: {len(sp)} masks ({legend})",
+        single = "" if len(set(np.asarray(sp.levels).tolist())) > 1 else (
+            " — one level only: this source gave no subpart/part/whole hierarchy, so the hierarchy filter had "
+            "nothing to order and SAMS paints every mask in one pass")
+        panels.append(_Panel(f"quasi-superpixels: {len(sp)} masks ({legend}){escape(single)}",
                              fig.mask_outlines(masks_small, sp.levels, dim)))
         task = "seg" if cams["seg"] is not None else "cls"
         cam = cams[task]
@@ -981,14 +1030,18 @@ def _image_figures(run: _Run, dataset: Any, image_id: str, sp_folder: Path | Non
             c = int(cam["fg_cls"][j])
             values, how = _score_map(run, task, cam, j, sp, masks_small)
             panels.append(_Panel(f"superpixel score map, {task} CAMs, top class {_swatch(c + 1)}{escape(names[c])}"
-                                 f" ({escape(how)}; grey: no superpixel)",
-                                 fig.blend(disp, fig.heatmap(values), 0.8)))
+                                 f" ({escape(how)})",
+                                 fig.blend(disp, fig.heatmap(values), 0.8),
+                                 colour_bar=_colour_bar("0", "1", how, no_value=True)))
         else:
             panels.append(_Panel("superpixel score map", missing="no CAM file for this image yet"))
     for name, which, task in (("seeds_coarse", "coarse", "cls"), ("seeds_fine", "fine", "seg")):
         method = getattr(run.config.seeds, which).method.upper() if run.config is not None else "SAMS"
         label = f"{which} {method} seed ({task} CAMs)"
         seed = seeds[name]
+        value = ((per_image or {}).get(name) or {}).get(image_id)
+        if value is not None:
+            label += f", mIoU {100 * value:.1f} on this image"
         if seed is None:
             panels.append(_Panel(label, missing=f"{name}/{image_id}.png (stage {name} not run)"))
         else:
@@ -1022,6 +1075,45 @@ def _crf_panel(run: _Run, image: np.ndarray, cam: dict[str, np.ndarray] | None, 
                   fig.overlay(disp, fig.resize_nearest(np.asarray(seed), small), LABEL_ALPHA))
 
 
+def _per_image_miou(run: _Run, name: str) -> dict[str, float | None]:
+    """``{image id: mIoU (0..1)}`` of a seed folder, as its evaluation report recorded it (empty when absent)."""
+    report = _eval_report(run, name) or {}
+    values = report.get("per_image_miou")
+    return values if isinstance(values, dict) else {}
+
+
+def pick_examples(ids: Sequence[str], miou: dict[str, float | None], n: int) -> tuple[list[tuple[str, str]], str]:
+    """``n`` example images as ``(id, role)`` and a sentence saying how they were chosen.
+
+    With per-image seed mIoU (``miou``, 0..1): the best, the median and the worst image (one image: the median),
+    more at evenly spaced ranks when ``n`` > 3, each labelled with its rank and value, best first. Without: the
+    first ``n`` of ``ids``.
+    """
+    scored = sorted(((v, i) for i in ids if isinstance(v := miou.get(i), (int, float)) and math.isfinite(v)),
+                    key=lambda p: (-p[0], p[1]))
+    if not scored or n <= 0:
+        return [(i, "") for i in list(ids)[: max(n, 0)]], f"The first {min(n, len(ids))} images with at least one tag"
+    last, m = len(scored) - 1, min(n, len(scored))
+    median = last // 2
+    if m == 1:
+        chosen = [median]
+    else:  # evenly spaced ranks from the best to the worst, the one nearest the median moved onto it
+        chosen = sorted({round(k * last / (m - 1)) for k in range(m)})
+        if m >= 3 and median not in chosen:
+            nearest = min(chosen[1:-1], key=lambda r: abs(r - median))
+            chosen = sorted({*chosen, median} - {nearest})
+    names = {0: "best", last: "worst"}
+    if m != 2:  # two examples: the best and the worst
+        names[median] = "median"
+    out = []
+    for r in chosen:
+        value, image_id = scored[r]
+        role = names.get(r, f"rank {r + 1}")
+        out.append((image_id, f"{role} of {len(scored)} by fine-seed mIoU ({100 * value:.1f})"))
+    return out, (f"Typical examples: the best, median and worst of the {len(scored)} images by their fine seed's "
+                 "mIoU on that image (then more at evenly spaced ranks)")
+
+
 def _figures(run: _Run, n_images: int) -> str:
     if n_images <= 0:
         return '<p class="note">no figures requested (n_images=0).</p>'
@@ -1042,21 +1134,23 @@ def _figures(run: _Run, n_images: int) -> str:
         dataset = open_split(run.config, split)
     except Exception as e:  # noqa: BLE001
         return _na(f"dataset {run.config.data.root} split {split} could not be opened ({e.__class__.__name__}: {e})")
-    ids = [s.id for s in dataset if s.labels][:n_images]
-    if not ids:
+    tagged = [s.id for s in dataset if s.labels]
+    if not tagged:
         return _na(f"split {split} has no image with a tag")
+    per_image = {name: _per_image_miou(run, name) for name in ("seeds_coarse", "seeds_fine")}
+    examples, how = pick_examples(tagged, per_image["seeds_fine"], n_images)
     folder = run.superpixels_folder()
     if folder is not None and not folder.is_dir():
         folder = None
     level_legend = ", ".join(f"{_rgb_swatch(rgb)}{w}" for rgb, w in zip(fig.LEVEL_RGB, ("subpart", "part", "whole")))
-    out = [f'<p class="note">The first {len(ids)} images of {escape(split)} with at least one tag, downscaled to at '
-           f"most {MAX_WIDTH} px wide. Superpixel outlines by level: {level_legend}. Label colours: the VOC "
-           "palette.</p>"]
+    out = [f'<p class="note">{escape(how)}; shown at least {DISPLAY_WIDTH} px wide (small images enlarged, '
+           f"nearest-neighbour). Superpixel outlines by level: {level_legend}. Label colours: the VOC palette, as a "
+           "translucent fill with a solid outline and a dark line just outside each region.</p>"]
     if folder is None:
         out.append(_na("quasi-superpixel folder (the superpixels stage has not run)"))
-    for image_id in ids:
+    for image_id, role in examples:
         try:
-            out.append(_image_figures(run, dataset, image_id, folder))
+            out.append(_image_figures(run, dataset, image_id, folder, role, per_image))
         except Exception as e:  # noqa: BLE001
             out.append(f"<h3>{escape(image_id)}</h3>" + _na(f"{e.__class__.__name__}: {e}"))
     return "\n".join(out)
@@ -1125,6 +1219,19 @@ def loss_svg(points: Sequence[tuple[float, float]], title: str, width: int = 360
     )
 
 
+def _loss_meaning(loss_name: str, rises: bool) -> str:
+    """What a prompt-training loss curve measures, and why a rising curve can be fine (appended to its caption)."""
+    if loss_name != "cal":
+        return ""
+    text = (". CAL (SPEC §4.2) measures the raw seg-task CAMs against the coarse seeds: foreground values are pulled "
+            "up to the CAM's own maximum inside the seed region, background values pushed down to 0. The target "
+            "moves with the CAMs' scale, so the curve can rise while the CAMs sharpen")
+    if rises:
+        text += ("; here it rose, which is not a failure by itself: judge this task by the fine seeds' mIoU "
+                 "(Seed quality) rather than by this curve")
+    return text
+
+
 def _curves(run: _Run) -> str:
     out = []
     for task in TASKS:
@@ -1141,6 +1248,7 @@ def _curves(run: _Run) -> str:
         note = f"{len(points)} iterations, first loss {points[0][1]:.4g}, last {points[-1][1]:.4g}"
         if len(shown) < len(points):
             note += f"; {len(shown)} points shown (means of consecutive iterations)"
+        note += _loss_meaning(loss_name, rises=points[-1][1] > points[0][1])
         out.append(f"<figure style=\"max-width:none\">{loss_svg(shown, f'{task} task: {loss_name} loss')}"
                    f"<figcaption>{escape(note)}</figcaption></figure>")
     return '<div class="row">' + "".join(out) + "</div>"
