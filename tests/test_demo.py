@@ -75,7 +75,8 @@ def test_per_image_stages_under_torchrun_equal_one_process(demo_run: tuple[Path,
     import shutil
 
     full, _ = demo_run
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same float arithmetic in every process
+    # the same float arithmetic in every process; torchrun's scratch folders go to this test's folder
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     runs = {}
     for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--nproc_per_node", "2",
                                                    "--master_port", "29533"])):

@@ -182,7 +182,7 @@ def test_labels_folder_must_cover_the_training_split(demo_run: tuple[Path, str],
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
-def test_train_seg_under_torchrun_trains_data_parallel(demo_run: tuple[Path, str]) -> None:
+def test_train_seg_under_torchrun_trains_data_parallel(demo_run: tuple[Path, str], tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     run = RunDir.open(demo_run[0])
@@ -190,7 +190,8 @@ def test_train_seg_under_torchrun_trains_data_parallel(demo_run: tuple[Path, str
             "batch_size=4", "max_iter=3", "val_every=0", "log_every=1"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
            "-m", "tag2mask.cli", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)})
     assert r.returncode == 0, r.stderr[-3000:]
     out = run.path / "stage2" / "ddp"
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3  # rank 0 logs the mean over ranks, once

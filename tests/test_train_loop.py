@@ -135,7 +135,7 @@ def test_two_ranks_equal_one_process(env: dict) -> None:
     assert main(["train", "--run", str(one), *args]) == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "tag2mask.cli", "train", "--run-dir", str(two), *args]  # torchrun would take --run as --run-path
-    env_vars = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(env["base"])}  # torchrun's scratch: here
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env_vars)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _ctx(one, "seg"), _ctx(two, "seg")
