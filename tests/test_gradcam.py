@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,10 @@ def random_vit_b16(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
     spec = importlib.util.spec_from_file_location("make_random_clip", DATA / "make_random_clip.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    path = module.ensure(str(tmp_path_factory.mktemp("clip") / "random_vit_b16.pt"))
+    folder = tmp_path_factory.mktemp("clip")
+    path = module.ensure(str(folder / "random_vit_b16.pt"))
     state = torch.load(path, map_location="cpu", weights_only=True)
+    shutil.rmtree(folder)  # ~300 MB, not needed once loaded
     return build_model_from_openai_state_dict(state, quick_gelu=True, cast_dtype=None).float().eval()
 
 

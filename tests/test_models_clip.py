@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
 @pytest.fixture(scope="module")
-def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], Path]]:
     """``tiny_clip(seed=TINY_SEED)`` saved once in each layout and dtype: ``{(layout, dtype name): path}``."""
     model = tiny_clip(seed=TINY_SEED)
     d = tmp_path_factory.mktemp("tiny_clip")
@@ -64,7 +65,8 @@ def tiny_files(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str]
         for name, dtype in DTYPES.items():
             files[layout, name] = d / f"{layout}-{name}.pt"
             save(model, files[layout, name], dtype=dtype)
-    return files
+    yield files
+    shutil.rmtree(d)  # removed when the module ends
 
 
 @pytest.mark.parametrize("layout", ["state_dict", "torchscript"])
@@ -124,14 +126,15 @@ def test_torchscript_archive_layout(tiny_files: dict[tuple[str, str], Path]) -> 
 
 
 @pytest.fixture(scope="module")
-def vit_b_16(tmp_path_factory: pytest.TempPathFactory) -> tuple[CLIP, Path, Path]:
+def vit_b_16(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CLIP, Path, Path]]:
     """A random CLIP of the real ViT-B/16 shape saved as an fp16 state dict and as TorchScript (~300 MB each);
     returns it with its weights rounded through fp16 (what the files hold) as the reference."""
     model = tiny_clip(seed=0, **VIT_B_16)
     d = tmp_path_factory.mktemp("vit_b_16")
     save_openai_state_dict(model, d / "ViT-B-16-sd.pt")
     save_openai_torchscript(model, d / "ViT-B-16.pt")
-    return _through(model, torch.float16), d / "ViT-B-16-sd.pt", d / "ViT-B-16.pt"
+    yield _through(model, torch.float16), d / "ViT-B-16-sd.pt", d / "ViT-B-16.pt"
+    shutil.rmtree(d)  # ~600 MB: removed when the module ends
 
 
 @pytest.mark.parametrize("layout", ["state_dict", "torchscript"])

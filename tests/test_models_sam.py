@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -85,14 +86,15 @@ def test_found_by_name_in_weights_dir(tmp_path: Path, wdir: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def vit_b_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Sam, Path]:
+def vit_b_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sam, Path]]:
     """A random vit_b (the real architecture, ~360 MB) saved as Meta's sam_vit_b_01ec64.pth."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         sam = sam_model_registry["vit_b"](checkpoint=None)
     d = tmp_path_factory.mktemp("sam_weights")
     save_sam_state_dict(sam, d / "sam_vit_b_01ec64.pth")
-    return sam, d
+    yield sam, d
+    shutil.rmtree(d)  # ~360 MB: removed when the module ends
 
 
 def test_vit_b_round_trip_by_name(vit_b_file: tuple[Sam, Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,15 +1,14 @@
-"""Read a weight file into a plain state dict, without running pickled code.
+"""Read a weight file into a plain state dict, without running pickled code or TorchScript.
 
-Three layouts are read: a TorchScript archive (OpenAI's official CLIP ``.pt`` files), whose parameters are
-taken with ``torch.jit.load(...).state_dict()``; a ``.safetensors`` file; and a ``torch.save`` file of a state
-dict (optionally wrapped as ``{"state_dict": ...}`` or ``{"model": ...}``), read with
-``torch.load(..., weights_only=True)``.
+Three layouts are read: a TorchScript archive (OpenAI's official CLIP ``.pt`` files), whose tensors are rebuilt
+from the archive by :mod:`tag2mask.models.torchscript` (``torch.jit.load`` is never called: it would run the
+file's code); a ``.safetensors`` file; and a ``torch.save`` file of a state dict (optionally wrapped as
+``{"state_dict": ...}`` or ``{"model": ...}``), read with ``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -44,11 +43,17 @@ def read_state_dict(path: str | os.PathLike[str], what: str = "model") -> dict[s
 
             obj: object = load_file(str(path))
         elif is_torchscript(path):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.9 flags torch.jit as deprecated
-                obj = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            from tag2mask.models.torchscript import read_torchscript_state_dict
+
+            try:
+                obj = read_torchscript_state_dict(str(path))
+            except Tag2MaskError as e:
+                raise Tag2MaskError(f"refused {what} weight file {path}: {e}. Use the official file, or save the "
+                                    "model's plain state dict (torch.save(model.state_dict(), ...)).") from None
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Tag2MaskError:
+        raise
     except Exception as e:  # torch raises many types (RuntimeError, UnpicklingError, EOFError, ...)
         # torch's own text is chained, not quoted: for weights_only refusals it advises weights_only=False.
         raise Tag2MaskError(
