@@ -101,3 +101,26 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     with contextlib.redirect_stdout(buf):
         assert main(["demo", "--out", str(out)]) == 0
     return out, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def prompt_env(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny CLIP, 8 synthetic images and their masks as coarse seeds, and overrides for 6 quick iterations."""
+    from tag2mask.data import make_synthetic_dataset, open_dataset
+    from tag2mask.models.tiny import save_openai_state_dict, tiny_clip
+    from tag2mask.viz.palette import write_label_png
+
+    base = tmp_path_factory.mktemp("train")
+    root = make_synthetic_dataset(base / "syn", n_train=8, n_val=1, size=(48, 64), seed=4)
+    save_openai_state_dict(tiny_clip(seed=0, image_size=32), base / "clip.pt")
+    seeds = base / "seeds"
+    ds = open_dataset("synthetic", root, "train")
+    for image_id in ds.ids:  # the ground truth stands in for coarse seeds
+        write_label_png(seeds / f"{image_id}.png", ds.load_mask(image_id))
+    small = ["scale_low=40", "scale_high=48", "short_thresh=32", "crop_size=32"]
+    overrides = [f"data.root={root}", f"models.clip={base / 'clip.pt'}", "runtime.device=cpu", "runtime.num_workers=0"]
+    for task in ("cls", "seg"):
+        overrides += [f"train.{task}.augment.{s}" for s in small]
+        overrides += [f"train.{task}.batch_size=4", f"train.{task}.max_iter=6", f"train.{task}.warmup_iter=1",
+                      f"train.{task}.lr=0.5"]
+    return {"base": base, "root": root, "seeds": seeds, "overrides": overrides}

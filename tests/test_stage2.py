@@ -19,6 +19,7 @@ from tag2mask.errors import DataError, MissingWeightsError  # noqa: E402
 from tag2mask.evaluate import ConfusionMatrix  # noqa: E402
 from tag2mask.segmenters.predictions import load_prediction, prediction_labels  # noqa: E402
 from tag2mask.stages.common import open_split  # noqa: E402
+from tag2mask.resume import read_meta  # noqa: E402
 from tag2mask.stages.rundir import RunDir  # noqa: E402
 from tag2mask.stages.train_seg import run_train_seg  # noqa: E402
 from tag2mask.viz.palette import read_label_png  # noqa: E402
@@ -71,8 +72,13 @@ def test_deeplab_trained_on_demo_seeds_clearly_beats_all_background(trained) -> 
     assert lines[0]["lr"] > lines[-1]["lr"] > 0  # poly decay towards min_lr
     # the weights are kept once: the last iteration is model.safetensors, and the resume state is dropped
     assert {p.name for p in (result.out_dir / "checkpoints").iterdir()} == {"iter_100.safetensors"}
-    assert (result.out_dir / "model.safetensors").is_file() and not (result.out_dir / "resume.safetensors").exists()
-    assert json.loads((result.out_dir / "resume.json").read_text())["finished"] is True
+    assert (result.out_dir / "model.safetensors").is_file()
+    from safetensors import safe_open
+
+    meta = read_meta(result.out_dir)
+    assert meta["finished"] is True and meta["iteration"] == 200
+    with safe_open(str(result.out_dir / "resume.safetensors"), "pt") as f:
+        assert list(f.keys()) == []  # only the fact that it is finished, no second copy of the weights
     info = json.loads((result.out_dir / "model.json").read_text())
     assert info["net"] == "deeplabv3plus" and info["num_classes"] == 6 and info["total_iterations"] == 200
     assert run.is_done("stage2/deeplabv3plus", run.stage_record("stage2/deeplabv3plus").config_hash)
@@ -260,7 +266,7 @@ def test_ctrl_c_keeps_the_finished_iterations(demo_run: tuple[Path, str], monkey
         run_train_seg(run, "deeplabv3plus", common, name="ki", show_progress=False)
     out = run.path / "stage2" / "ki"
     # the 3rd iteration finished, then the run stopped and saved its state there (no checkpoint was due)
-    assert len(calls) == 3 and json.loads((out / "resume.json").read_text())["iteration"] == 3
+    assert len(calls) == 3 and read_meta(out)["iteration"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
     monkeypatch.setattr(DeepLabV3PlusSegmenter, "loss", real_loss)
     resumed = run_train_seg(run, "deeplabv3plus", common, name="ki", show_progress=False)
@@ -276,7 +282,8 @@ def test_a_finished_network_keeps_its_weights_once_and_is_not_trained_again(demo
     common = [*SMALL_DLV3, "batch_size=4", "max_iter=4", "checkpoint_every=2", "val_every=0", "log_every=2"]
     first = run_train_seg(run, "deeplabv3plus", common, name="once", show_progress=False)
     files = sorted(str(p.relative_to(first.out_dir)) for p in first.out_dir.rglob("*.safetensors"))
-    assert files == ["checkpoints/iter_2.safetensors", "model.safetensors"]
+    assert files == ["checkpoints/iter_2.safetensors", "model.safetensors", "resume.safetensors"]
+    assert (first.out_dir / "resume.safetensors").stat().st_size < 1000  # the fact "finished", no tensors
     rows = [json.loads(x) for x in (first.out_dir / "metrics.jsonl").read_text().splitlines()]
     assert first.last_loss == rows[-1]["loss"]  # one definition of the last loss: the last logged row
     weights = load_file(str(first.out_dir / "model.safetensors"))
@@ -287,7 +294,10 @@ def test_a_finished_network_keeps_its_weights_once_and_is_not_trained_again(demo
     assert all(np.array_equal(v.numpy(), load_file(str(first.out_dir / "model.safetensors"))[k].numpy())
                for k, v in weights.items())
     kept = run_train_seg(run, "deeplabv3plus", [*common, "keep_resume=true"], name="kept", show_progress=False)
-    assert (kept.out_dir / "resume.safetensors").is_file()  # asked for: the full state stays
+    from safetensors import safe_open
+
+    with safe_open(str(kept.out_dir / "resume.safetensors"), "pt") as f:  # asked for: the full state stays
+        assert any(k.startswith("optim.") for k in f.keys()) and any(k.startswith("model.") for k in f.keys())
 
 
 def test_another_recipe_is_refused_unless_overwrite(demo_run: tuple[Path, str]) -> None:
@@ -333,3 +343,38 @@ def test_predict_refuses_to_mix_settings_in_one_folder(trained) -> None:
         run_predict(run.config, checkpoint, "val", out, limit=2, flip=True, show_progress=False)
     again = run_predict(run.config, checkpoint, "val", out, limit=2, show_progress=False)
     assert again.computed == 0 and again.done == 2
+
+
+class _Killed(BaseException):
+    """Stands for the process dying (kill -9) at the injected point."""
+
+
+def test_a_kill_right_after_the_state_file_is_renamed_resumes_exactly(demo_run: tuple[Path, str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    from tag2mask import io as tio
+
+    run = RunDir.open(demo_run[0])
+    common = [*SMALL_DLV3, "batch_size=4", "max_iter=5", "checkpoint_every=2", "val_every=0", "log_every=1"]
+    straight = run_train_seg(run, "deeplabv3plus", common, name="kill-straight", show_progress=False)
+    real_replace, saves = os.replace, []
+
+    def replace(src: str, dst: str) -> None:
+        real_replace(src, dst)
+        if Path(dst).name == "resume.safetensors":
+            saves.append(dst)
+            if len(saves) == 2:  # the state of iteration 4 is in place: where 0.1.0 had yet to write resume.json
+                raise _Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(tio.os, "replace", replace)
+        with pytest.raises(_Killed):
+            run_train_seg(run, "deeplabv3plus", common, name="kill", show_progress=False)
+    out = run.path / "stage2" / "kill"
+    assert read_meta(out)["iteration"] == 4
+    (out / "checkpoints" / ".iter_6.safetensors.q1w2.tmp").write_bytes(b"partial")  # a kill -9 leftover
+    resumed = run_train_seg(run, "deeplabv3plus", common, name="kill", show_progress=False)
+    assert resumed.resumed_from == 4 and not list(out.rglob(".*.tmp"))
+    a, b = load_file(str(straight.out_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)

@@ -13,10 +13,10 @@ import torch
 
 from tag2mask.cli import main
 from tag2mask.config import load_config
-from tag2mask.data import make_synthetic_dataset, open_dataset
+from tag2mask.data import open_dataset
 from tag2mask.train.loop import checkpoint_iterations, iteration_indices
 from tag2mask.train.schedule import learning_rate
-from tag2mask.viz.palette import read_label_png, write_label_png
+from tag2mask.viz.palette import read_label_png
 
 
 def test_schedule_equals_the_reference_scheduler() -> None:
@@ -42,45 +42,25 @@ def test_sampling_is_a_seeded_permutation_per_epoch() -> None:
     assert checkpoint_iterations(load_config("coco").train.cls) == {2050 * k for k in range(1, 11)} | {6150}
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from tag2mask.models.tiny import save_openai_state_dict, tiny_clip
-
-    base = tmp_path_factory.mktemp("train")
-    root = make_synthetic_dataset(base / "syn", n_train=8, n_val=1, size=(48, 64), seed=4)
-    save_openai_state_dict(tiny_clip(seed=0, image_size=32), base / "clip.pt")
-    seeds = base / "seeds"
-    ds = open_dataset("synthetic", root, "train")
-    for image_id in ds.ids:  # the ground truth stands in for coarse seeds
-        write_label_png(seeds / f"{image_id}.png", ds.load_mask(image_id))
-    small = ["scale_low=40", "scale_high=48", "short_thresh=32", "crop_size=32"]
-    overrides = [f"data.root={root}", f"models.clip={base / 'clip.pt'}", "runtime.device=cpu", "runtime.num_workers=0"]
-    for task in ("cls", "seg"):
-        overrides += [f"train.{task}.augment.{s}" for s in small]
-        overrides += [f"train.{task}.batch_size=4", f"train.{task}.max_iter=6", f"train.{task}.warmup_iter=1",
-                      f"train.{task}.lr=0.5"]
-    return {"base": base, "root": root, "seeds": seeds, "overrides": overrides}
-
-
 def _ctx(run: Path, task: str) -> torch.Tensor:
     from safetensors.torch import load_file
 
     return load_file(str(run / f"train_{task}" / "ctx_final.safetensors"))["ctx"]
 
 
-def test_training_lowers_the_loss(env: dict) -> None:
+def test_training_lowers_the_loss(prompt_env: dict) -> None:
     from tag2mask.cam import GradCAMClip
     from tag2mask.data import clip_normalise
     from tag2mask.models.clip import load_clip
     from tag2mask.stages.common import build_prompt_learner
     from tag2mask.train.losses import multilabel_contrastive_loss
 
-    run = env["base"] / "lower"
-    assert main(["train", "--preset", "demo", "--run", str(run), "--task", "cls", *env["overrides"],
+    run = prompt_env["base"] / "lower"
+    assert main(["train", "--preset", "demo", "--run", str(run), "--task", "cls", *prompt_env["overrides"],
                  "train.cls.max_iter=12"]) == 0
     config = load_config(run / "config.yaml")
-    ds = open_dataset("synthetic", env["root"], "train")
-    clip = load_clip(env["base"] / "clip.pt")
+    ds = open_dataset("synthetic", prompt_env["root"], "train")
+    clip = load_clip(prompt_env["base"] / "clip.pt")
     learner = build_prompt_learner(clip, config, "cls", ds.class_names)
     model = GradCAMClip(clip, learner)
     import PIL.Image
@@ -97,9 +77,9 @@ def test_training_lowers_the_loss(env: dict) -> None:
     assert loss() < 0.8 * before
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(env: dict) -> None:
-    a, b = env["base"] / "full", env["base"] / "split"
-    args = ["--preset", "demo", "--task", "cls", *env["overrides"], "train.cls.resume_every=100"]
+def test_interrupted_and_resumed_equals_uninterrupted(prompt_env: dict) -> None:
+    a, b = prompt_env["base"] / "full", prompt_env["base"] / "split"
+    args = ["--preset", "demo", "--task", "cls", *prompt_env["overrides"], "train.cls.resume_every=100"]
     assert main(["train", "--run", str(a), *args]) == 0
     assert main(["train", "--run", str(b), *args, "--max-iter", "4"]) == 0
     assert not (b / "train_cls" / "ctx_final.safetensors").exists()
@@ -110,32 +90,32 @@ def test_interrupted_and_resumed_equals_uninterrupted(env: dict) -> None:
 
 
 @pytest.mark.parametrize("loss", ["mcl", "bce", "bce_manual", "bce_auto", "cal", "ce", "ce_manual", "ce_auto"])
-def test_every_table_s5_loss_trains(env: dict, loss: str) -> None:
+def test_every_table_s5_loss_trains(prompt_env: dict, loss: str) -> None:
     task = "seg" if loss in ("cal", "ce", "ce_manual", "ce_auto") else "cls"
-    run = env["base"] / f"loss_{loss}"
+    run = prompt_env["base"] / f"loss_{loss}"
     extra = ["train.seg.loss_bias=0.0", "train.seg.loss_scale=1000.0"] if task == "seg" else []
-    assert main(["train", "--preset", "demo", "--run", str(run), "--task", task, "--seeds", str(env["seeds"]),
-                 *env["overrides"], f"train.{task}.loss={loss}", f"train.{task}.max_iter=2", *extra]) == 0
+    assert main(["train", "--preset", "demo", "--run", str(run), "--task", task, "--seeds", str(prompt_env["seeds"]),
+                 *prompt_env["overrides"], f"train.{task}.loss={loss}", f"train.{task}.max_iter=2", *extra]) == 0
     lines = (run / f"train_{task}" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and all(np.isfinite(float(line.split('"loss": ')[1].split(",")[0])) for line in lines)
     from tag2mask.models.clip import load_clip
     from tag2mask.stages.common import build_prompt_learner
 
     config = load_config(run / "config.yaml")
-    initial = build_prompt_learner(load_clip(env["base"] / "clip.pt"), config, task, open_dataset(
-        "synthetic", env["root"], "train").class_names).ctx.detach()
+    initial = build_prompt_learner(load_clip(prompt_env["base"] / "clip.pt"), config, task, open_dataset(
+        "synthetic", prompt_env["root"], "train").class_names).ctx.detach()
     assert _ctx(run, task).shape == initial.shape and not torch.equal(_ctx(run, task), initial)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
-def test_two_ranks_equal_one_process(env: dict) -> None:
-    one, two = env["base"] / "one", env["base"] / "two"
-    args = ["--preset", "demo", "--task", "seg", "--seeds", str(env["seeds"]), *env["overrides"],
+def test_two_ranks_equal_one_process(prompt_env: dict) -> None:
+    one, two = prompt_env["base"] / "one", prompt_env["base"] / "two"
+    args = ["--preset", "demo", "--task", "seg", "--seeds", str(prompt_env["seeds"]), *prompt_env["overrides"],
             "train.seg.max_iter=3"]
     assert main(["train", "--run", str(one), *args]) == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "tag2mask.cli", "train", "--run-dir", str(two), *args]  # torchrun would take --run as --run-path
-    env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(env["base"])}  # torchrun's scratch: here
+    env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(prompt_env["base"])}  # torchrun's scratch: here
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env_vars)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _ctx(one, "seg"), _ctx(two, "seg")
@@ -144,17 +124,17 @@ def test_two_ranks_equal_one_process(env: dict) -> None:
     assert not torch.equal(_ctx(one, "seg"), torch.zeros_like(_ctx(one, "seg")))
 
 
-def test_seg_task_uses_online_labels_from_the_crop(env: dict) -> None:
+def test_seg_task_uses_online_labels_from_the_crop(prompt_env: dict) -> None:
     from tag2mask.train.loop import PromptTrainData
 
-    config = load_config("demo", env["overrides"])
-    ds = open_dataset("synthetic", env["root"], "train")
-    data = PromptTrainData(ds, config.train.seg, env["seeds"], need_label_map=True)
+    config = load_config("demo", prompt_env["overrides"])
+    ds = open_dataset("synthetic", prompt_env["root"], "train")
+    data = PromptTrainData(ds, config.train.seg, prompt_env["seeds"], need_label_map=True)
     for k in range(6):
         image, label, fg = data[(k % len(ds), 0, k)]
         assert image.shape == (3, 32, 32) and label.shape == (32, 32)
         present = {int(v) - 1 for v in torch.unique(label) if 0 < int(v) < 255}
         assert {int(c) for c in fg.nonzero()} == present
         assert torch.equal(data[(k % len(ds), 0, k)][0], image)  # same key, same augmentation
-    seed = read_label_png(env["seeds"] / f"{ds.ids[0]}.png")
+    seed = read_label_png(prompt_env["seeds"] / f"{ds.ids[0]}.png")
     assert seed.shape == (48, 64)

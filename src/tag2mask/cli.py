@@ -230,16 +230,25 @@ def _add_config_args(p: argparse.ArgumentParser, run_required: bool = False) -> 
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=/data/VOC2012")
 
 
-def _load(args: argparse.Namespace):  # -> tuple[Config, RunDir | None]
+def _load(args: argparse.Namespace, writes: bool = True):  # -> tuple[Config, RunDir | None]
+    """The config (preset or ``--run``'s, with the overrides) and the run. A command that ``writes`` into the run
+    locks it (shared between ``--shard`` workers) and records its config; a reading one leaves config.yaml alone."""
+    import os
+
     from tag2mask.config import load_config
+    from tag2mask.lock import lock_folder
     from tag2mask.stages.rundir import RunDir
 
-    if args.run and Path(args.run, RunDir.CONFIG).is_file():
-        run = RunDir.open(args.run)
-        config = load_config(run.path / RunDir.CONFIG, args.overrides)
-        return config, RunDir.create(run.path, config)
-    config = load_config(args.preset, args.overrides)
-    return config, (RunDir.create(args.run, config) if args.run else None)
+    existing = bool(args.run) and Path(args.run, RunDir.CONFIG).is_file()
+    config = load_config(Path(args.run) / RunDir.CONFIG if existing else args.preset, args.overrides)
+    if not args.run:
+        return config, None
+    if not writes:
+        return config, RunDir.open(args.run)
+    shard = bool(getattr(args, "shard", None))
+    if shard or int(os.environ.get("RANK", "0") or 0) == 0:
+        lock_folder(args.run, "run directory", shared=shard)
+    return config, RunDir.create(args.run, config)
 
 
 def _cmd_superpixels(args: argparse.Namespace) -> int:
@@ -259,7 +268,7 @@ def _cmd_superpixels(args: argparse.Namespace) -> int:
         if args.import_dir:
             inputs["import"] = str(Path(args.import_dir).expanduser().resolve())
         begin_shared_stage(run, stage, stage_hashes(config)["superpixels"], inputs, rank)
-    result = run_superpixels(config, split, rank=rank, world_size=world, limit=args.limit)
+    result = run_superpixels(config, split, rank=rank, world_size=world, limit=args.limit, shared=bool(args.shard))
     print(f"superpixels: {result.done}/{result.total} images of {split} in {result.folder} "
           f"({result.computed} {'imported' if args.import_dir else 'computed'} now, {result.seconds:.1f} s"
           + (f", {result.skipped} skipped: no annotations" if result.skipped else "") + ")")
@@ -362,7 +371,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from tag2mask.stages.evaluate import miou_percent, run_evaluate, write_report
     from tag2mask.stages.seeds import SEEDS_OF_TASK
 
-    config, run = _load(args)
+    config, run = _load(args, writes=False)
     split = args.split or config.data.eval_split
     if args.pred:
         pred, name = Path(args.pred), Path(args.pred).name
@@ -473,6 +482,12 @@ def _cmd_train_seg(args: argparse.Namespace) -> int:
         print(recipe.to_yaml(), end="")
         print(f"# {total_iterations(recipe, n)} iterations on {n} training images ({config.data.train_split})")
         return 0
+    import os
+
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        from tag2mask.lock import lock_folder
+
+        lock_folder(run.path, "run directory")
     run = RunDir.create(run.path, config)  # records the config overrides (runtime.device=...) in config.yaml
     result = run_train_seg(run, args.net, recipe_items, labels_dir=args.labels, name=args.name,
                            stop_at=args.stop_after, overwrite=args.overwrite)
@@ -715,7 +730,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "run": _cmd_run, "segment": _cmd_segment, "report": _cmd_report, "train-seg": _cmd_train_seg,
                     "predict": _cmd_predict, "refine": _cmd_refine}
         handler = handlers[args.command]
-        return handler(args)
+        try:
+            return handler(args)
+        finally:
+            _release_locks()
     except NotBuiltError as e:
         return _fail(f"tag2mask {args.command}: {e}", 2)
     except Tag2MaskError as e:
@@ -726,6 +744,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException:
         _cleanup_after_failure()
         raise
+
+
+def _release_locks() -> None:
+    if "tag2mask.lock" in sys.modules:
+        sys.modules["tag2mask.lock"].release_all()
 
 
 def _cleanup_after_failure() -> None:

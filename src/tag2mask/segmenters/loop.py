@@ -14,8 +14,8 @@ and each rank takes its slice of every global batch.
 
 Files in ``out_dir``: ``metrics.jsonl`` (``iter``, ``loss``, ``lr``, ``seconds`` every ``log_every``
 iterations), ``val.jsonl`` (``iter``, ``miou`` at each validation), ``checkpoints/iter_<n>.safetensors``
-(weights), ``resume.safetensors`` + ``resume.json`` (weights, optimiser state, scaler, iteration) and, at the end,
-``model.safetensors``. Everything is written atomically; no pickle. Ctrl-C lets the current iteration finish, saves
+(weights), ``resume.safetensors`` (weights, optimiser state and, in its metadata, scaler and iteration: one file,
+:mod:`tag2mask.resume`) and, at the end, ``model.safetensors``. Everything is written atomically; no pickle. Ctrl-C lets the current iteration finish, saves
 the resume state there and stops (a second Ctrl-C stops at once).
 """
 
@@ -34,14 +34,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from tag2mask import resume
 from tag2mask.data.base import SegDataset, check_label_ids, read_mask_png
-from tag2mask.errors import ConfigError, DataError
-from tag2mask.io import atomic_write, read_json, write_json
+from tag2mask.errors import ConfigError, DataError, Tag2MaskError
+from tag2mask.io import atomic_write
+from tag2mask.resume import truncate_metrics
 from tag2mask.segmenters.augment import train_sample
 from tag2mask.segmenters.base import Segmenter
 from tag2mask.segmenters.inference import autocast
 from tag2mask.segmenters.recipes import SegmenterRecipe
-from tag2mask.train.loop import iteration_indices, truncate_metrics
+from tag2mask.train.loop import iteration_indices
 
 Validator = Callable[[Segmenter], float]
 """``validate(model) → mIoU %``; called on every rank (it splits the images over the ranks and sums their counts)."""
@@ -156,49 +158,44 @@ def load_weights(path: Path, model: Segmenter) -> None:
 
 
 def _save_resume(out_dir: Path, done: int, model: Segmenter, optimizer: torch.optim.Optimizer, scaler: Any,
-                 recipe_hash: str) -> None:
-    from safetensors.torch import save
-
+                 recipe_hash: str, finished: bool = False) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for i, p in enumerate(params):
         for name, value in optimizer.state.get(p, {}).items():
             if isinstance(value, torch.Tensor):
                 tensors[f"optim.{i}.{name}"] = value.detach().cpu().contiguous()
-    with atomic_write(out_dir / "resume.safetensors", "wb") as f:
-        f.write(save(tensors))
-    write_json(out_dir / "resume.json", {"iteration": done, "recipe_hash": recipe_hash,
+    resume.save_state(out_dir, tensors, {"iteration": done, "recipe_hash": recipe_hash, "finished": finished,
                                          "scaler": scaler.state_dict() if scaler is not None else None})
 
 
-def _finish(out_dir: Path, model: Segmenter, total_iter: int, recipe_hash: str, *, keep_resume: bool) -> None:
-    """Write the final weights once (``model.safetensors``); mark the training finished in ``resume.json`` and,
-    unless ``keep_resume``, drop the full resume state (weights again plus the optimiser's state)."""
+def _finish(out_dir: Path, model: Segmenter, optimizer: torch.optim.Optimizer, scaler: Any, total_iter: int,
+            recipe_hash: str, *, keep_resume: bool) -> None:
+    """Write the final weights once (``model.safetensors``), then mark the training finished in the resume state,
+    which keeps no tensors unless ``keep_resume`` (the weights are the final file's)."""
     save_weights(out_dir / "model.safetensors", model)
-    write_json(out_dir / "resume.json", {"iteration": total_iter, "recipe_hash": recipe_hash, "scaler": None,
-                                         "finished": True})
-    if not keep_resume:
-        (out_dir / "resume.safetensors").unlink(missing_ok=True)
+    if keep_resume:
+        _save_resume(out_dir, total_iter, model, optimizer, scaler, recipe_hash, finished=True)
+    else:
+        resume.save_state(out_dir, {}, {"iteration": total_iter, "recipe_hash": recipe_hash, "finished": True,
+                                        "scaler": None})
 
 
 def _load_resume(out_dir: Path, model: Segmenter, optimizer: torch.optim.Optimizer, scaler: Any,
                  recipe_hash: str, device: str) -> int:
-    from safetensors.torch import load_file
-
-    meta_path, tensor_path = out_dir / "resume.json", out_dir / "resume.safetensors"
-    if not meta_path.is_file():
+    meta = resume.read_meta(out_dir)
+    if meta is None:
         return 0
-    meta = read_json(meta_path)
-    if meta.get("recipe_hash") != recipe_hash:
-        return 0
+    resume.check_matches(out_dir, meta, "recipe_hash", recipe_hash)
     final = out_dir / "model.safetensors"
     if meta.get("finished") and final.is_file():  # nothing left to train: the final weights are the state
         load_weights(final, model)
         return int(meta["iteration"])
-    if not tensor_path.is_file():
-        return 0
-    tensors = load_file(str(tensor_path))
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    tensors = resume.load_tensors(out_dir)
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    if not weights:
+        raise Tag2MaskError(f"resume state {out_dir / resume.FILE} holds no weights: delete it to train afresh")
+    model.load_state_dict(weights)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for i, p in enumerate(params):
         prefix = f"optim.{i}."
@@ -293,6 +290,8 @@ def train_segmenter(
     use_amp = recipe.amp and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        resume.remove_orphans(out_dir)  # temporary files of a killed run
     start = _load_resume(out_dir, model, optimizer, scaler, recipe_hash, device)
     metrics, val_log = out_dir / "metrics.jsonl", out_dir / "val.jsonl"
     if rank == 0:
@@ -387,7 +386,7 @@ def train_segmenter(
     final = out_dir / "model.safetensors"
     if stop == total_iter:
         if rank == 0 and (start < total_iter or not final.is_file()):
-            _finish(out_dir, model, total_iter, recipe_hash, keep_resume=recipe.keep_resume)
+            _finish(out_dir, model, optimizer, scaler, total_iter, recipe_hash, keep_resume=recipe.keep_resume)
         if world > 1:
             dist.barrier()
         return SegTrainResult(stop, start, time.perf_counter() - t0, final, last, val_rows)

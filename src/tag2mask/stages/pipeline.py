@@ -19,12 +19,12 @@ from typing import Any
 from tag2mask.config import Config, stage_hashes
 from tag2mask.errors import Tag2MaskError
 from tag2mask.io import write_json
+from tag2mask.lock import holding
 from tag2mask.stages.common import (
     barrier,
     clip_fit_warning,
     context_path,
     join_process_group,
-    log,
     open_split,
     resolve_device,
 )
@@ -49,16 +49,24 @@ def run_pipeline(
     show_progress: bool = True,
     limit: int | None = None,
 ) -> PipelineResult:
-    """Run (or resume) every stage of the pipeline in ``run_dir``; returns per-stage times and the metrics."""
+    """Run (or resume) every stage of the pipeline in ``run_dir``; returns per-stage times and the metrics.
+
+    The run directory is locked for the whole call (:mod:`tag2mask.lock`): a second command on it stops at once."""
+    device = resolve_device(config.runtime.device)
+    rank, world = join_process_group(config)
+    preflight(config, limit=limit)  # before the run folder is made: a bad setting leaves nothing behind
+    with holding(run_dir, "run directory", rank=rank):
+        return _run_stages(config, run_dir, device, rank, world, say, show_progress, limit)
+
+
+def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: int, say: Callable[[str], None],
+                show_progress: bool, limit: int | None) -> PipelineResult:
     from tag2mask.stages.cams import run_cams
     from tag2mask.stages.seeds import run_seeds
     from tag2mask.stages.superpixels import run_superpixels, superpixels_dir
     from tag2mask.stages.train import run_train
 
-    device = resolve_device(config.runtime.device)
-    rank, world = join_process_group(config)
     lead = rank == 0
-    preflight(config, limit=limit)  # before the run folder is made: a bad setting leaves nothing behind
     run = RunDir.create(run_dir, config) if lead else RunDir(run_dir)
     barrier()
     hashes = stage_hashes(config)

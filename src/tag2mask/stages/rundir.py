@@ -31,6 +31,7 @@ import yaml
 from tag2mask.config import Config, config_from_dict
 from tag2mask.errors import ConfigError, Tag2MaskError
 from tag2mask.io import read_json, write_json, write_text
+from tag2mask.lock import LOCK_NAME
 
 _PACKAGES = ("tag2mask", "torch", "torchvision", "numpy", "open_clip_torch", "segment-anything", "pycocotools",
              "segmentation-models-pytorch", "transformers")
@@ -85,6 +86,7 @@ def discard_unstarted_runs() -> list[Path]:
         for name in (RunDir.CONFIG, RunDir.MANIFEST):
             (path / name).unlink(missing_ok=True)
         if not existed:
+            (path / LOCK_NAME).unlink(missing_ok=True)
             try:
                 path.rmdir()  # only when nothing else is inside
             except OSError:
@@ -112,8 +114,9 @@ class RunDir:
         only what changed (see :meth:`begin_stage`). The new config replaces ``config.yaml``.
         """
         run = cls(path)
-        if not (run.path / cls.CONFIG).is_file():
-            _CREATED.append((run.path, run.path.exists()))
+        if not (run.path / cls.CONFIG).is_file():  # a folder holding only our lock file counts as new
+            existed = run.path.is_dir() and any(p.name != LOCK_NAME for p in run.path.iterdir())
+            _CREATED.append((run.path, existed))
         run.path.mkdir(parents=True, exist_ok=True)
         write_text(run.path / cls.CONFIG, config.to_yaml())
         if not (run.path / cls.MANIFEST).exists():

@@ -23,6 +23,8 @@ from pathlib import Path
 from tag2mask.config import RESULT_NEUTRAL_KEYS, Config, config_hash
 from tag2mask.errors import DataError, NotBuiltError
 from tag2mask.io import write_json
+from tag2mask.lock import holding
+from tag2mask.resume import remove_orphans
 from tag2mask.stages.common import cache_dir, log, open_split, progress, resolve_device
 from tag2mask.stages.rundir import ItemsResult, pending, shard
 
@@ -113,11 +115,15 @@ def run_superpixels(
     limit: int | None = None,
     show_progress: bool = True,
     import_dir: str | Path | None = None,
+    shared: bool = False,
 ) -> ItemsResult:
     """Compute the missing quasi-superpixels of ``split`` (this worker's share) and return where they are.
 
     With ``import_dir`` (or the config's ``superpixels.import_dir``), convert the SAM-style annotations found there
     instead of running SAM (see the module docstring and :mod:`tag2mask.superpixels.io`).
+
+    Computing locks the cache folder (:mod:`tag2mask.lock`; ``shared`` between ``--shard`` workers), so two
+    commands never write one folder; reading a complete folder takes no lock.
     """
     dataset = open_split(config, split)
     ids = dataset.ids[:limit] if limit else dataset.ids
@@ -147,6 +153,17 @@ def run_superpixels(
 
     todo = list(pending(shard(ids, rank, world_size), done_marker))
     t0 = time.perf_counter()
+    if not todo:
+        return _compute(config, dataset, split, ids, todo, source, folder, done_marker, rank, show_progress, t0)
+    with holding(folder, "quasi-superpixel cache folder", shared=shared, rank=rank):
+        if world_size == 1 and not shared:  # the sole writer: temporary files of a killed run can go
+            remove_orphans(folder)
+        todo = list(pending(shard(ids, rank, world_size), done_marker))  # what is left now that we own it
+        return _compute(config, dataset, split, ids, todo, source, folder, done_marker, rank, show_progress, t0)
+
+
+def _compute(config: Config, dataset, split: str, ids: list[str], todo: list[str], source: Path | None,  # noqa: ANN001
+             folder: Path, done_marker, rank: int, show_progress: bool, t0: float) -> ItemsResult:  # noqa: ANN001
     skipped = 0
     if todo and source is None:
         generator = build_generator(config, resolve_device(config.runtime.device))

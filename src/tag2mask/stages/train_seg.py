@@ -9,8 +9,8 @@ Layout, one folder per network name (``--name``, default the network)::
       metrics.jsonl         training loss and learning rate
       val.jsonl             validation mIoU (when the validation split has ground truth)
       checkpoints/iter_<n>.safetensors   every ``checkpoint_every`` iterations before the last
-      resume.safetensors, resume.json   the state to resume from; once finished, resume.json alone says so
-                            (``keep_resume=true`` keeps the full state)
+      resume.safetensors    the state to resume from, one file (:mod:`tag2mask.resume`); once finished it holds
+                            only that fact (``keep_resume=true`` keeps the full state)
       model.safetensors     the final weights
 
 Labels: the run's ``seeds_fine`` (``--labels DIR`` for any folder of label PNGs named ``<image id>.png``; 0
@@ -212,8 +212,10 @@ def run_train_seg(
 
 
 def _resume_hash(folder: Path) -> str | None:
-    path = folder / "resume.json"
-    return read_json(path).get("recipe_hash") if path.is_file() else None
+    from tag2mask import resume
+
+    meta = resume.read_meta(folder)
+    return None if meta is None else meta.get("recipe_hash")
 
 
 def refuse_other_recipe(folder: Path, new_hash: str, recipe: SegmenterRecipe) -> None:
@@ -221,7 +223,8 @@ def refuse_other_recipe(folder: Path, new_hash: str, recipe: SegmenterRecipe) ->
     marker = folder / "stage.json"
     if not marker.is_file() or read_json(marker).get("config_hash") == new_hash:
         return
-    if not any((folder / f).exists() for f in ("resume.json", "model.safetensors", "checkpoints")):
+    trained = ("resume.safetensors", "resume.json", "model.safetensors", "checkpoints")
+    if not any((folder / f).exists() for f in trained):
         return  # nothing trained there yet
     old: dict[str, Any] = {}
     if (folder / "recipe.yaml").is_file():

@@ -29,7 +29,7 @@ from torch import nn
 from tag2mask.config import TrainTaskConfig
 from tag2mask.data.augment import augment, clip_normalise, online_labels
 from tag2mask.errors import ConfigError, Tag2MaskError
-from tag2mask.io import atomic_write, read_json, write_json
+from tag2mask import resume
 from tag2mask.train.losses import (
     IGNORE_INDEX,
     ScaledBCE,
@@ -144,30 +144,25 @@ class TrainResult:
 
 def _save_resume(out_dir: Path, t: int, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
                  scaler: Any, config_hash: str) -> None:
-    from safetensors.torch import save
-
     tensors = {f"param_{i}": p.detach().cpu().contiguous() for i, p in enumerate(params)}
     for i, p in enumerate(params):
         buf = optimizer.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
             tensors[f"momentum_{i}"] = buf.detach().cpu().contiguous()
-    with atomic_write(out_dir / "resume.safetensors", "wb") as f:
-        f.write(save(tensors))
-    write_json(out_dir / "resume.json", {"iteration": t, "config_hash": config_hash,
+    resume.save_state(out_dir, tensors, {"iteration": t, "config_hash": config_hash,
                                          "scaler": scaler.state_dict() if scaler is not None else None})
 
 
 def _load_resume(out_dir: Path, params: list[nn.Parameter], optimizer: torch.optim.Optimizer, scaler: Any,
                  config_hash: str) -> int:
-    from safetensors.torch import load_file
-
-    meta_path = out_dir / "resume.json"
-    if not meta_path.is_file() or not (out_dir / "resume.safetensors").is_file():
+    meta = resume.read_meta(out_dir)
+    if meta is None:
         return 0
-    meta = read_json(meta_path)
-    if meta.get("config_hash") != config_hash:
-        return 0
-    tensors = load_file(str(out_dir / "resume.safetensors"))
+    resume.check_matches(out_dir, meta, "config_hash", config_hash)
+    tensors = resume.load_tensors(out_dir)
+    missing = [f"param_{i}" for i in range(len(params)) if f"param_{i}" not in tensors]
+    if missing:
+        raise Tag2MaskError(f"resume state {out_dir / resume.FILE} lacks {missing[0]}: delete it to train afresh")
     with torch.no_grad():
         for i, p in enumerate(params):
             p.copy_(tensors[f"param_{i}"].to(p))
@@ -178,13 +173,7 @@ def _load_resume(out_dir: Path, params: list[nn.Parameter], optimizer: torch.opt
     return int(meta["iteration"])
 
 
-def truncate_metrics(path: Path, upto: int) -> None:
-    """Drop metric lines of iterations ``>= upto`` (they will be redone after a resume)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines() if line and json.loads(line)["iter"] < upto]
-    with atomic_write(path, "w") as f:
-        f.write("".join(line + "\n" for line in keep))
+truncate_metrics = resume.truncate_metrics
 
 
 def checkpoint_iterations(cfg: TrainTaskConfig) -> set[int]:
@@ -216,7 +205,7 @@ def train_prompts(
 ) -> TrainResult:
     """Train ``model.prompt_learner.ctx`` (a :class:`~tag2mask.cam.GradCAMClip`) on ``dataset`` with ``cfg``.
 
-    Writes into ``out_dir``: ``metrics.jsonl`` (one line per iteration), ``resume.safetensors`` + ``resume.json``
+    Writes into ``out_dir``: ``metrics.jsonl`` (one line per iteration), ``resume.safetensors`` (:mod:`tag2mask.resume`)
     every ``cfg.resume_every`` iterations, and the contexts at :func:`checkpoint_iterations` through
     ``context_path(iteration)`` and ``context_path("final")``. ``max_iter`` stops early (for tests and
     interruption); the schedule still follows ``cfg.max_iter``. Under ``torchrun`` each rank takes its slice of
@@ -245,6 +234,8 @@ def train_prompts(
     scaler = torch.amp.GradScaler("cuda", init_scale=2.0**16) if use_amp else None
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        resume.remove_orphans(out_dir)  # temporary files of a killed run
     start = _load_resume(out_dir, params, optimizer, scaler, config_hash)
     metrics = out_dir / "metrics.jsonl"
     if rank == 0:

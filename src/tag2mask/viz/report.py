@@ -628,8 +628,12 @@ def _stage2_facts(run: _Run, net_dir: Path) -> str:
         ]
     done: Any = ((rec or {}).get("counts") or {}).get("iterations")
     if done is None:
-        resume, _ = _read_json_safe(net_dir / "resume.json")
-        done = (resume or {}).get("iteration")
+        try:
+            from tag2mask.resume import read_meta
+
+            done = (read_meta(net_dir) or {}).get("iteration")
+        except Exception:  # noqa: BLE001 - an unreadable state: the metrics below may still tell
+            done = None
     if done is None and (net_dir / "metrics.jsonl").is_file():
         points = _read_losses(net_dir / "metrics.jsonl")
         done = int(points[-1][0]) + 1 if points else None
