@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
 from tag2mask.superpixels import Superpixels
@@ -140,3 +142,38 @@ def test_bad_field_shapes_are_refused() -> None:
         Superpixels.from_masks(masks, levels[:-1])
     with pytest.raises(ValueError):
         Superpixels.from_masks(masks, levels, predicted_iou=np.zeros(3))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_a_corrupt_cache_pair_is_one_error_naming_it(tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+                                                     ) -> None:
+    """Any truncation, byte flip or field replacement of a saved pair: loaded whole or one DataError naming it."""
+    from tag2mask.errors import DataError
+
+    folder = tmp_path_factory.mktemp("corrupt")
+    masks, levels = _random_masks(seed=7)
+    Superpixels.from_masks(masks, levels).save(folder / "img")
+    which = data.draw(st.sampled_from(["json", "npz"]))
+    path = folder / f"img.{which}"
+    raw = bytearray(path.read_bytes())
+    how = data.draw(st.sampled_from(["truncate", "flip", "field"] if which == "json" else ["truncate", "flip"]))
+    if how == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    elif how == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] = data.draw(st.integers(0, 255))
+    else:
+        meta = json.loads(raw)
+        key = data.draw(st.sampled_from(sorted(meta)))
+        meta[key] = data.draw(st.one_of(st.none(), st.integers(-5, 10**6), st.text(max_size=30),
+                                        st.lists(st.text(max_size=30), max_size=3),
+                                        st.lists(st.integers(-3, 200), max_size=3)))
+        raw = bytearray(json.dumps(meta).encode())
+    path.write_bytes(bytes(raw))
+    try:
+        sp = Superpixels.load(folder / "img")
+        assert sp.masks.shape[1:] == sp.size  # decoding the masks must not crash either
+    except DataError as e:
+        assert str(e).startswith(f"{folder / 'img'}.json / {folder / 'img'}.npz: unreadable") and "\n" not in str(e)

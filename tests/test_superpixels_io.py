@@ -4,11 +4,14 @@ validation, the amg.py PNG folder."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pycocotools import mask as mask_utils
 from segment_anything.utils.amg import coco_encode_rle, mask_to_rle_pytorch
@@ -194,3 +197,95 @@ def test_amg_png_folder(tmp_path: Path) -> None:
     (folder / "1.png").unlink()
     with pytest.raises(DataError, match="1.png"):
         read_sam_annotations(folder)
+
+
+# -- hostile input: never a crash, always one error naming the file --------------------------------------------
+
+
+def test_run_lengths_that_would_overflow_are_an_error_not_a_crash(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tag2mask.data import make_synthetic_dataset
+
+    h, w = 48, 64
+    huge = [h * w, 2**62, 2**62, 2**62, 2**62]  # sums past int64: np.repeat used to segfault on it
+    with pytest.raises(ValueError, match="larger than H·W"):
+        counts_to_mask(np.array(huge, np.int64), (h, w))
+    # the same through the command line, on a real import folder
+    data = make_synthetic_dataset(tmp_path / "shapes", n_train=2, n_val=1, size=(h, w))
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    for stem in ("train_0000", "train_0001"):
+        anns = [{"segmentation": {"size": [h, w], "counts": huge}}]
+        (imports / f"{stem}.json").write_text(json.dumps(anns))
+    r = subprocess.run([sys.executable, "-m", "tag2mask.cli", "superpixels", "--preset", "demo", f"data.root={data}",
+                        f"runtime.cache_dir={tmp_path / 'cache'}", "--import", str(imports)],
+                       capture_output=True, text=True, timeout=120)
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(errors) == 1  # (the rest: the progress bar)
+    assert str(imports / "train_0000.json") in errors[0] and "larger than H·W" in errors[0]
+
+
+def _encode_counts(counts: list[int]) -> str:
+    """pycocotools' string encoding of run lengths (rleToString), written out for the test."""
+    out = []
+    for i, x in enumerate(counts):
+        if i > 2:
+            x -= counts[i - 2]
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = (x != -1) if (c & 0x10) else (x != 0)
+            if more:
+                c |= 0x20
+            out.append(chr(c + 48))
+    return "".join(out)
+
+
+def test_compressed_strings_with_huge_runs_are_refused() -> None:
+    assert rle_string_to_counts(_encode_counts([5, 3, 8])).tolist() == [5, 3, 8]
+    with pytest.raises(ValueError, match="too large"):
+        rle_string_to_counts(_encode_counts([0] + [2**59] * 40))
+    with pytest.raises(ValueError):  # any way it fails, it is a ValueError: the caller names the file
+        counts_to_mask(rle_string_to_counts(_encode_counts([3072, 2**40, 2**40])), (48, 64))
+
+
+_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
+                       st.text(max_size=12))
+_json = st.recursive(_json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                     max_leaves=12)
+_counts = st.one_of(st.lists(st.integers(-(2**64), 2**64), max_size=8), st.text(max_size=40), _json)
+_segmentation = st.one_of(
+    st.fixed_dictionaries({"size": st.one_of(st.just([4, 6]), _json), "counts": _counts}), _json)
+_annotation = st.one_of(st.fixed_dictionaries({"segmentation": _segmentation},
+                                              optional={"level": _json, "predicted_iou": _json,
+                                                        "stability_score": _json, "point_coords": _json,
+                                                        "crop_box": _json}), _json)
+
+
+@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(anns=st.one_of(st.lists(_annotation, max_size=3), _json))
+def test_any_annotation_file_content_is_superpixels_or_one_error_naming_the_file(anns: object) -> None:
+    try:
+        sp = superpixels_from_sam_annotations(anns, (4, 6), where="x/img.json")  # type: ignore[arg-type]
+    except DataError as e:
+        assert str(e).startswith("x/img.json: ") and "\n" not in str(e)
+    else:
+        assert isinstance(sp, Superpixels) and sp.masks.shape[1:] == (4, 6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=200))
+def test_any_bytes_in_an_annotation_file_are_read_or_one_error(tmp_path_factory: pytest.TempPathFactory,
+                                                               raw: bytes) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "img.json"
+    path.write_bytes(raw)
+    try:
+        anns = read_sam_annotations(path)
+    except DataError as e:
+        assert str(e).startswith(str(path)) and "\n" not in str(e)
+    else:
+        assert isinstance(anns, list)

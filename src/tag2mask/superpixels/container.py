@@ -26,6 +26,7 @@ import torch
 from pycocotools import mask as mask_utils
 from segment_anything.utils.amg import batched_mask_to_box
 
+from tag2mask.errors import DataError
 from tag2mask.io import load_npz, read_json, save_npz, write_json
 
 from .atoms import as_bool_masks, compute_atoms
@@ -56,11 +57,23 @@ def encode_masks(masks: np.ndarray) -> list[str]:
     return [r["counts"].decode("ascii") for r in mask_utils.encode(fortran)]
 
 
+def check_rle_strings(counts: list[str], size: tuple[int, int]) -> None:
+    """ValueError unless every compressed RLE string is valid and covers exactly H·W pixels."""
+    from .io import rle_string_to_counts
+
+    h, w = size
+    for c in counts:
+        runs = rle_string_to_counts(c)
+        if (runs < 0).any() or (runs > h * w).any() or int(runs.sum()) != h * w:
+            raise ValueError(f"an RLE string does not cover exactly H·W = {h * w} pixels")
+
+
 def decode_masks(counts: list[str], size: tuple[int, int]) -> np.ndarray:
     """COCO compressed RLE ``counts`` strings of masks of ``size`` (H, W) -> S×H×W bool."""
     h, w = size
     if not counts:
         return np.zeros((0, h, w), bool)
+    check_rle_strings(counts, size)  # pycocotools' C decoder trusts its input: a run past H·W writes out of bounds
     rles = [{"size": [h, w], "counts": c.encode("ascii")} for c in counts]
     with warnings.catch_warnings():  # pycocotools' own numpy-2 "copy keyword" notice; harmless
         warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
@@ -131,6 +144,14 @@ class Superpixels:
                 f"atoms {self.atoms.shape} / membership {self.atom_membership.shape} do not fit "
                 f"{n} masks of size {(h, w)} with {n_atoms} atoms"
             )
+        if self.atoms.size and (self.atoms.min() < 0 or self.atoms.max() >= n_atoms):
+            raise ValueError(f"atom ids outside 0..{n_atoms - 1}")
+        if n and (self.levels.min() < 0 or self.levels.max() > 2):
+            raise ValueError("levels outside 0..2")
+        if (self.atom_area < 0).any():
+            raise ValueError("negative atom area")
+        if not all(isinstance(c, str) for c in self.rle_counts):
+            raise ValueError("RLE counts must be strings")
         self.preset = preset
         self.config_hash = config_hash
         self._masks: np.ndarray | None = None
@@ -222,15 +243,29 @@ class Superpixels:
 
     @classmethod
     def load(cls, path_without_ext: str | os.PathLike[str]) -> Superpixels:
-        """Read what :meth:`save` wrote."""
+        """Read what :meth:`save` wrote. DataError naming the files (and the fix) when they are unreadable."""
         stem = str(path_without_ext)
+        try:
+            return cls._load(stem)
+        except DataError:
+            raise
+        except Exception as e:  # a truncated, corrupt or foreign file: any exception becomes one clear error
+            raise DataError(f"{stem}.json / {stem}.npz: unreadable cached quasi-superpixels ({type(e).__name__}: "
+                            f"{str(e)[:200]}); delete both files and run tag2mask superpixels again to remake "
+                            "them") from None
+
+    @classmethod
+    def _load(cls, stem: str) -> Superpixels:
         meta = read_json(stem + ".json")
+        if not isinstance(meta, dict):
+            raise ValueError("the JSON file does not hold an object")
         if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
             raise ValueError(f"{stem}.json is not a {FORMAT} v{FORMAT_VERSION} file")
         arrays = load_npz(stem + ".npz")
         size = tuple(int(v) for v in meta["size"])
         if tuple(arrays["size"].tolist()) != size or len(meta["rle_counts"]) != meta["n_masks"]:
             raise ValueError(f"{stem}.npz and {stem}.json do not belong together")
+        check_rle_strings(meta["rle_counts"], size)  # type: ignore[arg-type]
         return cls(
             meta["rle_counts"],
             size,  # type: ignore[arg-type]

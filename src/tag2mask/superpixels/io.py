@@ -150,6 +150,10 @@ def rle_string_to_counts(s: str | bytes) -> np.ndarray:
     x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
     negative = (c[ends] & 0x10) != 0
     x = np.where(negative, x - (np.int64(1) << (5 * (k[ends] + 1))), x)
+    # the running sums below must not wrap around in int64 (a crafted string could make them): checked in floats
+    if x.size and (np.abs(np.cumsum(x[1::2].astype(np.float64))).max(initial=0.0) > 2.0**62
+                   or np.abs(np.cumsum(x[2::2].astype(np.float64))).max(initial=0.0) > 2.0**62):
+        raise ValueError("run length too large")
     counts = x.copy()  # runs from the third on are stored as differences to the run two before
     counts[3::2] = np.cumsum(x[1::2])[1:]
     counts[4::2] = np.cumsum(x[2::2])[1:]
@@ -165,6 +169,8 @@ def counts_to_mask(counts: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     counts = counts.astype(np.int64)
     if (counts < 0).any():
         raise ValueError("negative run length")
+    if (counts > h * w).any():  # bounded before summing: a sum of huge runs would overflow int64
+        raise ValueError(f"a run length is larger than H·W = {h * w}")
     if int(counts.sum()) != h * w:
         raise ValueError(f"run lengths sum to {int(counts.sum())}, not H·W = {h * w}")
     values = (np.arange(counts.size) % 2).astype(bool)
@@ -220,6 +226,8 @@ def superpixels_from_sam_annotations(
         if "annotations" not in anns:
             raise DataError(f"{src}: expected a list of annotations or {{'annotations': [...]}}")
         anns = anns["annotations"]
+    if not isinstance(anns, (list, tuple)):
+        raise DataError(f"{src}: expected a list of annotations, got {type(anns).__name__}")
     h, w = int(size[0]), int(size[1])
     n = len(anns)
     masks = np.zeros((n, h, w), bool)
@@ -262,7 +270,7 @@ def superpixels_from_sam_annotations(
                 if box.shape != (4,) or not np.all(box == np.round(box)):
                     raise ValueError(f"crop_box must be 4 integers (XYWH), got {ann['crop_box']!r}")
                 crop_box[i] = box.astype(np.int64)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, OverflowError) as e:
             raise DataError(f"{src}: annotation {i}: {e}") from None
     return Superpixels.from_masks(
         masks,
