@@ -169,3 +169,34 @@ def test_superpixel_pattern_override_loads_its_values() -> None:
     with pytest.raises(ConfigError, match="unknown pattern 'nope'"):
         load_config("voc", ["superpixels.preset=nope"])
     assert load_config("voc").superpixels == load_config("voc", ["superpixels.preset=l2_nmsf_s1_rsw3"]).superpixels
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("seeds.fine.bg_power=-0.5", "seeds.fine.bg_power=-0.5 is out of range: a finite number >= 0"),
+    ("seeds.coarse.bg_power=.nan", "seeds.coarse.bg_power=nan is out of range"),
+    ("train.cls.lr=.nan", "train.cls.lr=nan is out of range: a finite number > 0"),
+    ("train.seg.lr=0", "train.seg.lr=0.0 is out of range: a finite number > 0"),
+    ("caa.cls.box_thresh=1.5", "caa.cls.box_thresh=1.5 is out of range: 0 <= box_thresh <= 1"),
+    ("caa.seg.box_thresh=-0.1", "caa.seg.box_thresh=-0.1 is out of range"),
+    ("train.cls.batch_size=0", "train.cls.batch_size=0 is out of range: a positive integer"),
+    ("train.seg.sub_iter=0", "train.seg.sub_iter=0 is out of range: a positive integer"),
+    ("train.cls.resume_every=0", "train.cls.resume_every=0 is out of range"),
+    ("prompts.cls.n_ctx=0", "prompts.cls.n_ctx=0 is out of range: a positive integer"),
+    ("train.cls.augment.crop_size=0", "train.cls.augment.crop_size=0 is out of range"),
+    ("cams.att_layers=0", "cams.att_layers=0 is out of range: a positive integer"),
+    ("caa.seg.sinkhorn_iters=0", "caa.seg.sinkhorn_iters=0 is out of range: a positive integer"),
+    ("evaluate.argmax_bg_powers=[]", "evaluate.argmax_bg_powers=[] is out of range: a non-empty list"),
+    ("cams.scales=[]", "cams.scales=[] is out of range: a non-empty list of positive numbers"),
+    ("seeds.fine.norm_first=gamma_softmax", "gamma_softmax is not implemented"),
+    ("seeds.coarse.bg_method=thresh", "thresh needs a constant background score"),
+    ("runtime.device=tpu", "runtime.device='tpu' is out of range: auto, cpu, cuda, cuda:N or mps"),
+])
+def test_absurd_settings_are_refused_before_any_work(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config("voc", [override])
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_every_preset_is_in_range() -> None:
+    for preset in ("voc", "coco", "demo"):
+        load_config(preset, ["runtime.device=cuda:1", "caa.cls.box_thresh=1", "seeds.fine.bg_power=0"])

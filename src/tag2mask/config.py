@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import hashlib
 import json
 import re
@@ -502,6 +503,7 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 def _check(config: Config) -> None:
     """Cross-field checks that types alone cannot express."""
+    _check_ranges(config)  # first: the checks below divide by some of these values
     sp = config.superpixels
     for name in ("score_thresh_offset", "score_nms_offset", "stability_score_bias"):
         if len(getattr(sp, name)) != 3:
@@ -519,6 +521,55 @@ def _check(config: Config) -> None:
             raise ConfigError(f"train.{task}.augment: need crop_size <= short_thresh <= scale_low <= scale_high")
     if config.cams.align < 1:
         raise ConfigError("cams.align must be positive")
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_ranges(config: Config) -> None:
+    """Every value in its allowed range, so that nothing absurd reaches the work: one error naming key and range."""
+
+    def need(ok: bool, key: str, allowed: str, value: Any) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={value!r} is out of range: {allowed}")
+
+    for task in ("cls", "seg"):
+        t: TrainTaskConfig = getattr(config.train, task)
+        for name in ("max_iter", "batch_size", "sub_iter", "resume_every"):
+            need(getattr(t, name) > 0, f"train.{task}.{name}", "a positive integer", getattr(t, name))
+        need(_finite(t.lr) and t.lr > 0, f"train.{task}.lr", "a finite number > 0", t.lr)
+        need(_finite(t.warmup_lr) and t.warmup_lr >= 0, f"train.{task}.warmup_lr", "a finite number >= 0", t.warmup_lr)
+        need(_finite(t.momentum) and 0 <= t.momentum < 1, f"train.{task}.momentum", "0 <= momentum < 1", t.momentum)
+        need(_finite(t.weight_decay) and t.weight_decay >= 0, f"train.{task}.weight_decay", "a finite number >= 0",
+             t.weight_decay)
+        need(t.augment.crop_size > 0, f"train.{task}.augment.crop_size", "a positive integer", t.augment.crop_size)
+        p = getattr(config.prompts, task)
+        need(p.n_ctx > 0, f"prompts.{task}.n_ctx", "a positive integer", p.n_ctx)
+        need(_finite(p.ctx_std) and p.ctx_std >= 0, f"prompts.{task}.ctx_std", "a finite number >= 0", p.ctx_std)
+        c = getattr(config.caa, task)
+        need(c.sinkhorn_iters > 0, f"caa.{task}.sinkhorn_iters", "a positive integer", c.sinkhorn_iters)
+        need(c.power > 0, f"caa.{task}.power", "a positive integer", c.power)
+        need(_finite(c.box_thresh) and 0 <= c.box_thresh <= 1, f"caa.{task}.box_thresh", "0 <= box_thresh <= 1",
+             c.box_thresh)
+    for which in ("coarse", "fine"):
+        s = getattr(config.seeds, which)
+        need(_finite(s.bg_power) and s.bg_power >= 0, f"seeds.{which}.bg_power", "a finite number >= 0", s.bg_power)
+        need(s.norm_first != "gamma_softmax", f"seeds.{which}.norm_first",
+             "true, false, double_norm or no_norm (gamma_softmax is not implemented: SPEC §8 does not define it)",
+             s.norm_first)
+        need(s.bg_method != "thresh", f"seeds.{which}.bg_method",
+             "pow, alpha_bg or no_bg (thresh needs a constant background score, which has no setting yet)",
+             s.bg_method)
+    need(config.cams.att_layers > 0, "cams.att_layers", "a positive integer", config.cams.att_layers)
+    need(len(config.cams.scales) > 0 and all(_finite(v) and v > 0 for v in config.cams.scales), "cams.scales",
+         "a non-empty list of positive numbers", config.cams.scales)
+    powers = config.evaluate.argmax_bg_powers
+    need(len(powers) > 0 and all(_finite(v) and v >= 0 for v in powers), "evaluate.argmax_bg_powers",
+         "a non-empty list of finite numbers >= 0", powers)
+    need(config.runtime.num_workers >= 0, "runtime.num_workers", "an integer >= 0", config.runtime.num_workers)
+    need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.runtime.device) is not None, "runtime.device",
+         "auto, cpu, cuda, cuda:N or mps", config.runtime.device)
 
 
 # --------------------------------------------------------------------------------------------------------------
