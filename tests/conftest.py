@@ -47,6 +47,15 @@ def pytest_configure(config: pytest.Config) -> None:
                   cwd=Path.cwd(), cwd_entries=set(os.listdir(Path.cwd())))
     os.environ["TAG2MASK_CACHE"] = str(base / "cache")
     os.environ["TAG2MASK_WEIGHTS"] = str(base / "weights")
+    try:  # hypothesis would keep its example database and caches in ./.hypothesis
+        from hypothesis import settings
+        from hypothesis.configuration import set_hypothesis_home_dir
+
+        set_hypothesis_home_dir(str(base / "hypothesis"))
+        settings.register_profile("tag2mask-tests", database=None)
+        settings.load_profile("tag2mask-tests")
+    except ImportError:
+        pass
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -62,8 +71,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         problems.append(f"the tests wrote into the working directory {cwd}: {', '.join(new)}")
     if problems:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        for line in problems:
-            if reporter is not None:
+        if reporter is not None:
+            reporter.write_line("")
+            for line in problems:
                 reporter.write_line(f"ISOLATION FAILURE: {line}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
