@@ -233,8 +233,6 @@ def _add_config_args(p: argparse.ArgumentParser, run_required: bool = False) -> 
 def _load(args: argparse.Namespace, writes: bool = True):  # -> tuple[Config, RunDir | None]
     """The config (preset or ``--run``'s, with the overrides) and the run. A command that ``writes`` into the run
     locks it (shared between ``--shard`` workers) and records its config; a reading one leaves config.yaml alone."""
-    import os
-
     from tag2mask.config import load_config
     from tag2mask.lock import lock_folder
     from tag2mask.stages.rundir import RunDir
@@ -246,9 +244,16 @@ def _load(args: argparse.Namespace, writes: bool = True):  # -> tuple[Config, Ru
     if not writes:
         return config, RunDir.open(args.run)
     shard = bool(getattr(args, "shard", None))
-    if shard or int(os.environ.get("RANK", "0") or 0) == 0:
+    if shard or _lead_process():
         lock_folder(args.run, "run directory", shared=shard)
     return config, RunDir.create(args.run, config)
+
+
+def _lead_process() -> bool:
+    """Not a torchrun rank other than 0 (those leave the folder's lock to their lead)."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 def _cmd_superpixels(args: argparse.Namespace) -> int:
@@ -482,9 +487,7 @@ def _cmd_train_seg(args: argparse.Namespace) -> int:
         print(recipe.to_yaml(), end="")
         print(f"# {total_iterations(recipe, n)} iterations on {n} training images ({config.data.train_split})")
         return 0
-    import os
-
-    if int(os.environ.get("RANK", "0") or 0) == 0:
+    if _lead_process():
         from tag2mask.lock import lock_folder
 
         lock_folder(run.path, "run directory")
