@@ -118,3 +118,18 @@ def test_shard_partitions_items() -> None:
     assert sorted(sum(parts, [])) == items
     with pytest.raises(ValueError):
         shard(items, 3, 3)
+
+
+def test_a_16_bit_label_png_never_wraps_around(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tag2mask.data.base import read_mask_png
+    from tag2mask.errors import DataError
+
+    ok = np.array([[0, 1], [20, 255]], np.uint16)
+    Image.fromarray(ok).save(tmp_path / "ok.png")
+    assert read_label_png(tmp_path / "ok.png").tolist() == [[0, 1], [20, 255]]
+    bad = np.array([[0, 257], [1, 2]], np.uint16)  # 257 would wrap to 1, a silent wrong class
+    Image.fromarray(bad).save(tmp_path / "bad.png")
+    with pytest.raises(DataError, match=r"bad.png.*values \[257\] outside 0..255"):
+        read_mask_png(tmp_path / "bad.png")

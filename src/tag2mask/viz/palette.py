@@ -49,6 +49,11 @@ def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
     with Image.open(path) as img:
         if img.mode in ("P", "L"):
             return np.array(img, dtype=np.uint8)
-        if img.mode in ("I", "I;16"):
-            return np.array(img).astype(np.uint8)
+        if img.mode in ("I", "I;16", "I;16B", "I;16L"):
+            wide = np.array(img)
+            if wide.size and (wide.min() < 0 or wide.max() > 255):
+                bad = sorted({int(v) for v in np.unique(wide) if not 0 <= v <= 255})[:5]
+                raise ValueError(f"{path}: a 16/32-bit label PNG holds values {bad} outside 0..255 (label ids are "
+                                 "0..255: save the mask as an 8-bit palette or greyscale PNG)")
+            return wide.astype(np.uint8)
         raise ValueError(f"{path}: label PNGs must be palette or greyscale images, got mode {img.mode}")
