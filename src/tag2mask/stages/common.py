@@ -29,9 +29,20 @@ def dataset_options(config: Config) -> dict[str, Any]:
 
 
 def open_split(config: Config, split: str) -> SegDataset:
-    """The dataset split named ``split`` as ``config.data`` describes it."""
+    """The dataset split named ``split`` as ``config.data`` describes it. With ``data.on_error=skip`` the samples
+    that fail the data check (:mod:`tag2mask.data.check`: undecodable image, bad mask) are left out, the same ones
+    in every stage."""
     data = config.data
-    return open_dataset(data.dataset, data.root, split, on_error=data.on_error, **dataset_options(config))
+    dataset = open_dataset(data.dataset, data.root, split, on_error=data.on_error, **dataset_options(config))
+    if data.on_error == "skip":
+        from tag2mask.data.check import apply_check
+
+        apply_check(dataset, "skip", cache_dir(config), _check_bar(split))
+    return dataset
+
+
+def _check_bar(split: str):  # noqa: ANN202
+    return lambda ids, n: progress(ids, n, f"checking {split}", enabled=n > 50)
 
 
 def cache_dir(config: Config) -> Path:

@@ -54,13 +54,13 @@ def run_pipeline(
     The run directory is locked for the whole call (:mod:`tag2mask.lock`): a second command on it stops at once."""
     device = resolve_device(config.runtime.device)
     rank, world = join_process_group(config)
-    preflight(config, limit=limit)  # before the run folder is made: a bad setting leaves nothing behind
+    skipped = preflight(config, limit=limit)  # before the run folder is made: bad settings leave nothing behind
     with holding(run_dir, "run directory", rank=rank):
-        return _run_stages(config, run_dir, device, rank, world, say, show_progress, limit)
+        return _run_stages(config, run_dir, device, rank, world, say, show_progress, limit, skipped)
 
 
 def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: int, say: Callable[[str], None],
-                show_progress: bool, limit: int | None) -> PipelineResult:
+                show_progress: bool, limit: int | None, skipped: list[tuple[str, str]]) -> PipelineResult:
     from tag2mask.stages.cams import run_cams
     from tag2mask.stages.seeds import run_seeds
     from tag2mask.stages.superpixels import run_superpixels, superpixels_dir
@@ -129,6 +129,10 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
         out(warning)
     if lead:
         run.set_warnings([warning] if warning else [])
+        run.set_data_check(split, skipped)
+    if skipped:
+        out(f"data check: {len(skipped)} bad sample(s) of {split} left out (data.on_error=skip), e.g. "
+            f"{skipped[0][1]}; all listed in manifest.json and the report")
     step(1, "superpixels", {"split": split, "folder": str(superpixels_dir(config, split))}, superpixels)
     step(2, "train_cls", {"split": split}, train("cls"))
     step(3, "cams_cls", {"split": split}, cams("cls"))
@@ -142,15 +146,23 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
     return result
 
 
-def preflight(config: Config, *, limit: int | None = None) -> None:
+def preflight(config: Config, *, limit: int | None = None) -> list[tuple[str, str]]:
     """What can be checked before any work, each a one-line error naming what to change: the training split
-    opens, both prompt-training batches fit in it, the CLIP file exists, and so does the SAM file when SAM has
-    quasi-superpixels left to make."""
+    opens and passes the data check (every image decodes, every mask fits; ``data.on_error=raise`` stops at the
+    first bad sample, ``skip`` leaves them out), both prompt-training batches fit in it, the CLIP file exists,
+    and so does the SAM file when SAM has quasi-superpixels left to make. Returns the samples left out, with why.
+    """
     from tag2mask.models.weights import resolve_weight
     from tag2mask.stages.superpixels import import_source, superpixel_path, superpixels_dir
     from tag2mask.stages.train import check_batch_sizes
 
     dataset = open_split(config, config.data.train_split)
+    if config.data.on_error == "raise":
+        from tag2mask.data.check import apply_check
+        from tag2mask.stages.common import cache_dir, progress
+
+        apply_check(dataset, "raise", cache_dir(config),
+                    lambda ids, n: progress(ids, n, f"checking {config.data.train_split}", enabled=n > 50))
     check_batch_sizes(config, len(dataset))
     resolve_weight(config.models.clip, kind="clip")
     if config.superpixels.source == "sam" and import_source(config) is None:
@@ -162,6 +174,7 @@ def preflight(config: Config, *, limit: int | None = None) -> None:
                 sam = "" if config.models.sam_type == "tiny" else config.models.sam_type.replace("default", "vit_h")
             if sam:
                 resolve_weight(sam, kind="sam")
+    return list(dataset.skipped)
 
 
 def evaluate_run(config: Config, run: RunDir, *, limit: int | None = None, say: Callable[[str], None] = print) -> dict:

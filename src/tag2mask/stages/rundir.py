@@ -155,6 +155,14 @@ class RunDir:
             manifest["warnings"] = warnings
             self._write_manifest(manifest)
 
+    def set_data_check(self, split: str, skipped: list[tuple[str, str]]) -> None:
+        """Record the data check of ``split``: the samples left out (``data.on_error=skip``) with their reasons."""
+        manifest = self.manifest()
+        entry = {"split": split, "skipped": [[i, why] for i, why in skipped]}
+        if manifest.get("data_check") != entry:
+            manifest["data_check"] = entry
+            self._write_manifest(manifest)
+
     def stage_record(self, stage: str) -> StageRecord | None:
         rec = self.manifest()["stages"].get(stage)
         return StageRecord(**rec) if rec else None

@@ -284,7 +284,17 @@ def _header(run: _Run) -> str:
         status.append(f"{name}: {rec.get('status', '?') if rec else 'not run'}")
     status.append(f"evaluate: {'done' if run.metrics else 'not run'}")
     rows.append(("stages", "; ".join(status)))
-    return _table(None, [[escape(k), escape(str(v))] for k, v in rows], table_class="kv")
+    check = run.manifest.get("data_check")
+    skipped = check.get("skipped") if isinstance(check, dict) and isinstance(check.get("skipped"), list) else None
+    if skipped is not None:
+        rows.append(("data check", f"{len(skipped)} sample(s) of {check.get('split', '?')} left out "
+                                   "(data.on_error=skip)" if skipped else "every image and mask passed"))
+    out = _table(None, [[escape(k), escape(str(v))] for k, v in rows], table_class="kv")
+    if skipped:
+        items = "".join(f"<li><code>{escape(str(e[0]))}</code>: {escape(str(e[1]))}</li>" for e in skipped
+                        if isinstance(e, list) and len(e) == 2)
+        out += f'<details open><summary>Samples left out, with the reason</summary><ul>{items}</ul></details>'
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
