@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -142,3 +143,49 @@ def test_not_a_run_directory_names_the_command_that_makes_one(tmp_path) -> None:
     r = _run("train-seg", "--run", str(tmp_path), "--net", "deeplabv3plus")
     assert r.returncode == 2
     assert f"tag2mask run --preset PRESET --run-dir {tmp_path}" in r.stderr and "tag2mask demo" in r.stderr
+
+
+@pytest.mark.parametrize(("code", "fragment"), [
+    ("ENOSPC", "no space left on the device"),
+    ("EROFS", "read-only file system"),
+    ("EACCES", "permission denied"),
+])
+def test_operating_system_failures_are_one_line(tmp_path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                                capsys: pytest.CaptureFixture[str], code: str, fragment: str) -> None:
+    import errno
+
+    from tag2mask import io as tio
+
+    data = _tiny_folder_dataset(tmp_path)
+    real, writes = tio.atomic_write, []
+
+    def failing(path, mode="wb"):  # noqa: ANN001, ANN202 - the 5th file written meets a full / read-only disk
+        writes.append(path)
+        if len(writes) == 5:
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(path))
+        return real(path, mode)
+
+    monkeypatch.setattr(tio, "atomic_write", failing)
+    args = ["run", "--preset", "demo", "--run-dir", str(tmp_path / "run"), "data.dataset=folder", f"data.root={data}",
+            "train.cls.batch_size=2", "train.seg.batch_size=2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0] and str(writes[4]) in err[0] and "--debug shows the traceback" in err[0]
+    writes.clear()
+    with pytest.raises(OSError):
+        main(["--debug", *args])  # the traceback, on demand
+
+
+def test_a_symlinked_stage_folder_is_refused(tmp_path) -> None:  # noqa: ANN001
+    from tag2mask.config import load_config
+    from tag2mask.errors import Tag2MaskError
+    from tag2mask.stages.rundir import RunDir
+
+    run = RunDir.create(tmp_path / "run", load_config("demo"))
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "precious.txt").write_text("keep")
+    (run.path / "seeds_fine").symlink_to(target)
+    with pytest.raises(Tag2MaskError, match="is a symbolic link"):
+        run.begin_stage("seeds_fine", "abc")
+    assert (target / "precious.txt").read_text() == "keep"

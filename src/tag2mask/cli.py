@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Run 'tag2mask COMMAND --help' for a command's options. Docs: README.md.",
     )
     p.add_argument("--version", action="version", version=f"tag2mask {__version__}")
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an operating-system error (also TAG2MASK_DEBUG=1)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     sp = sub.add_parser(
@@ -744,9 +746,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail(f"tag2mask {args.command}: interrupted; finished work is kept, run the same command to resume",
                      130)
+    except (OSError, MemoryError) as e:
+        import os
+
+        if getattr(args, "debug", False) or os.environ.get("TAG2MASK_DEBUG", "") not in ("", "0"):
+            _cleanup_after_failure()
+            raise
+        return _fail(f"tag2mask {args.command}: error: {system_error_message(e)} (--debug shows the traceback)", 2)
     except BaseException:
         _cleanup_after_failure()
         raise
+
+
+def system_error_message(e: BaseException) -> str:
+    """One line for an operating-system failure: what happened, to which path, and what to do."""
+    import errno
+
+    if isinstance(e, MemoryError):
+        return ("out of memory: a very large image or batch? Lower the batch size, use a smaller image, or run on a "
+                "machine with more memory")
+    path = getattr(e, "filename", None)
+    where = f" ({path})" if path else ""
+    code = getattr(e, "errno", None)
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return (f"no space left on the device{where}: free some space, or point the run (--run-dir) or the cache "
+                "(TAG2MASK_CACHE) at a disk with room; the same command then resumes")
+    if code == errno.EROFS:
+        return f"read-only file system{where}: choose a writable folder for the run (--run-dir) or TAG2MASK_CACHE"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where}: make the folder writable for you, or choose another one"
+    if code == errno.ENOENT:
+        return f"no such file or folder{where}"
+    return f"{type(e).__name__}: {e.strerror or e}{where}" if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
 
 
 def _release_locks() -> None:

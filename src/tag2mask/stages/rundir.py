@@ -184,6 +184,10 @@ class RunDir:
         under another config hash is cleared first, so stale results never mix with new ones.
         """
         out = self.stage_dir(stage)
+        if out.is_symlink():
+            raise Tag2MaskError(f"stage folder {out} is a symbolic link (to {out.resolve()}): tag2mask clears and "
+                                "rewrites stage folders, which would reach through the link; replace it by a real "
+                                "folder (or move the whole run with --run-dir)")
         marker = out / "stage.json"
         if marker.exists() and read_json(marker).get("config_hash") != config_hash:
             shutil.rmtree(out)
