@@ -128,14 +128,22 @@ def test_a_run_that_fails_before_its_first_stage_leaves_no_run_folder(tmp_path) 
 
 
 def test_an_error_inside_a_stage_prints_on_its_own_line(tmp_path) -> None:  # noqa: ANN001
+    import json
+
     data = _tiny_folder_dataset(tmp_path)
-    (data / "images" / "train_0003.png").write_bytes(b"not a png")  # found while the superpixel bar is shown
+    imports = tmp_path / "imports"  # quasi-superpixels made elsewhere; one file is broken, found mid-stage
+    imports.mkdir()
+    for i in range(6):
+        counts = [0, 48 * 64] if i != 3 else [48 * 64, 2**62]
+        (imports / f"train_{i:04d}.json").write_text(json.dumps([{"segmentation": {"size": [48, 64],
+                                                                                   "counts": counts}}]))
     run_dir = tmp_path / "run"
     r = _run("run", "--preset", "demo", "--run-dir", str(run_dir), "data.dataset=folder", f"data.root={data}",
-             "train.cls.batch_size=2", "train.seg.batch_size=2")
+             "train.cls.batch_size=2", "train.seg.batch_size=2", f"superpixels.import_dir={imports}")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "superpixels import train:" in r.stderr  # the bar was on screen when it failed
     errors = [line for line in r.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and errors[0].startswith("tag2mask run: error: ") and "train_0003.png" in errors[0]
+    assert len(errors) == 1 and errors[0].startswith("tag2mask run: error: ") and "train_0003.json" in errors[0]
     assert (run_dir / "manifest.json").is_file()  # a stage had begun: the run stays, to resume
 
 
