@@ -236,7 +236,6 @@ def _load(args: argparse.Namespace, writes: bool = True):  # -> tuple[Config, Ru
     """The config (preset or ``--run``'s, with the overrides) and the run. A command that ``writes`` into the run
     locks it (shared between ``--shard`` workers) and records its config; a reading one leaves config.yaml alone."""
     from tag2mask.config import load_config
-    from tag2mask.lock import lock_folder
     from tag2mask.stages.rundir import RunDir
 
     existing = bool(args.run) and Path(args.run, RunDir.CONFIG).is_file()
@@ -245,10 +244,17 @@ def _load(args: argparse.Namespace, writes: bool = True):  # -> tuple[Config, Ru
         return config, None
     if not writes:
         return config, RunDir.open(args.run)
+    _lock_run(RunDir(args.run), args)
+    return config, RunDir.create(args.run, config)
+
+
+def _lock_run(run, args: argparse.Namespace) -> None:  # noqa: ANN001
+    """Own ``run`` for a command that writes into it (shared between ``--shard`` workers; torchrun: the lead)."""
+    from tag2mask.lock import lock_folder
+
     shard = bool(getattr(args, "shard", None))
     if shard or _lead_process():
-        lock_folder(args.run, "run directory", shared=shard)
-    return config, RunDir.create(args.run, config)
+        lock_folder(run.path, "run directory", shared=shard)
 
 
 def _lead_process() -> bool:
@@ -489,10 +495,7 @@ def _cmd_train_seg(args: argparse.Namespace) -> int:
         print(recipe.to_yaml(), end="")
         print(f"# {total_iterations(recipe, n)} iterations on {n} training images ({config.data.train_split})")
         return 0
-    if _lead_process():
-        from tag2mask.lock import lock_folder
-
-        lock_folder(run.path, "run directory")
+    _lock_run(run, args)
     run = RunDir.create(run.path, config)  # records the config overrides (runtime.device=...) in config.yaml
     result = run_train_seg(run, args.net, recipe_items, labels_dir=args.labels, name=args.name,
                            stop_at=args.stop_after, overwrite=args.overwrite)
@@ -510,7 +513,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from tag2mask.stages.predict import resolve_checkpoint, run_predict
 
     checkpoint = resolve_checkpoint(args.checkpoint)
-    config, _ = _run_of(checkpoint.folder, args.run, args.overrides)
+    config, run = _run_of(checkpoint.folder, args.run, args.overrides)
+    _lock_run(run, args)
     rank, world = _ranks(args, config)
     result = run_predict(config, checkpoint, args.split, Path(args.out) if args.out else None, flip=args.flip or None,
                          scales=args.scales, classes=args.classes, limit=args.limit, rank=rank, world_size=world)
@@ -540,7 +544,8 @@ def _cmd_refine(args: argparse.Namespace) -> int:
     pred = Path(args.predictions)
     if not pred.is_dir():
         raise Tag2MaskError(f"predictions folder {pred} does not exist: run tag2mask predict first")
-    config, _ = _run_of(pred, args.run, args.overrides)
+    config, run = _run_of(pred, args.run, args.overrides)
+    _lock_run(run, args)
     split = args.split or predictions_split(pred) or "val"
     sweep = args.sweep
     if sweep is not None and not sweep:
