@@ -144,7 +144,6 @@ def test_an_error_inside_a_stage_prints_on_its_own_line(tmp_path) -> None:  # no
     assert "superpixels import train:" in r.stderr  # the bar was on screen when it failed
     errors = [line for line in r.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith("tag2mask run: error: ") and "train_0003.json" in errors[0]
-    assert (run_dir / "manifest.json").is_file()  # a stage had begun: the run stays, to resume
 
 
 def test_not_a_run_directory_names_the_command_that_makes_one(tmp_path) -> None:  # noqa: ANN001
@@ -197,3 +196,17 @@ def test_a_symlinked_stage_folder_is_refused(tmp_path) -> None:  # noqa: ANN001
     with pytest.raises(Tag2MaskError, match="is a symbolic link"):
         run.begin_stage("seeds_fine", "abc")
     assert (target / "precious.txt").read_text() == "keep"
+
+
+def test_a_stage_command_that_fails_at_once_leaves_no_run_folder(tmp_path) -> None:  # noqa: ANN001
+    data = _tiny_folder_dataset(tmp_path)
+    run_dir = tmp_path / "run"
+    r = _run("cams", "--run", str(run_dir), "--preset", "demo", "--task", "cls", "data.dataset=folder",
+             f"data.root={data}")  # no trained prompts yet
+    assert r.returncode == 2 and "prompt weights for the cls task not found" in r.stderr
+    assert not run_dir.exists()
+    # a run with finished work keeps it when a later command fails
+    assert _run("superpixels", "--run", str(run_dir), "--preset", "demo", "data.dataset=folder",
+                f"data.root={data}").returncode == 0
+    r = _run("cams", "--run", str(run_dir), "--task", "cls")
+    assert r.returncode == 2 and (run_dir / "config.yaml").is_file() and (run_dir / "manifest.json").is_file()

@@ -70,10 +70,27 @@ _CREATED: list[tuple[Path, bool]] = []
 """Run folders this process made a run of: (path, whether the folder itself existed before)."""
 
 
+def _empty_stage_folders(path: Path, stages: dict[str, Any]) -> list[Path] | None:
+    """The folders of the stages recorded in ``stages`` when none has finished and none holds anything but its
+    ``stage.json`` (nothing was computed), else None."""
+    folders = []
+    for name, record in stages.items():
+        if not isinstance(record, dict) or record.get("status") == "done":
+            return None
+        folder = path / name
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            return None
+        if folder.is_dir():
+            if any(p.name != "stage.json" for p in folder.rglob("*") if not p.is_dir()):
+                return None
+            folders.append(folder)
+    return folders
+
+
 def discard_unstarted_runs() -> list[Path]:
-    """Undo the run folders this process created in which no stage has begun (a command that failed before its
-    first stage leaves no half-made run behind); returns the folders removed. Folders that existed before keep
-    everything but the two files written here."""
+    """Undo the run folders this process created in which nothing was computed (a command that failed before or
+    at the very start of its first stage leaves no half-made run behind); returns the folders removed. Folders
+    that existed before keep everything but what was written here."""
     removed = []
     while _CREATED:
         path, existed = _CREATED.pop()
@@ -81,8 +98,13 @@ def discard_unstarted_runs() -> list[Path]:
             manifest = read_json(path / RunDir.MANIFEST) if (path / RunDir.MANIFEST).is_file() else {}
         except (OSError, ValueError):
             continue
-        if manifest.get("stages"):
+        stage_folders = _empty_stage_folders(path, manifest.get("stages") or {})
+        if stage_folders is None:
             continue
+        for folder in sorted(stage_folders, key=lambda p: len(p.parts), reverse=True):
+            shutil.rmtree(folder, ignore_errors=True)
+            if folder.parent != path and folder.parent.is_dir() and not any(folder.parent.iterdir()):
+                folder.parent.rmdir()  # e.g. stage2/ once stage2/<net> is gone
         for name in (RunDir.CONFIG, RunDir.MANIFEST):
             (path / name).unlink(missing_ok=True)
         if not existed:
