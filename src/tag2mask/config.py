@@ -219,6 +219,9 @@ class RuntimeConfig:
     device: str = "auto"
     num_workers: int = 4
     cache_dir: str = ""
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    """The half-precision type of mixed precision (``train.*.amp`` on CUDA); bfloat16 needs no loss scaling and
+    falls back to float16 (with a GradScaler) on GPUs without it."""
 
 
 @dataclass

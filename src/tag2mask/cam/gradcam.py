@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tag2mask.cam.affinity import merge_attention
-from tag2mask.models.clip_cam import vit_forward
+from tag2mask.models.clip_cam import upcast, vit_forward
 from tag2mask.models.prompts import PromptLearner, encode_prompts
 
 
@@ -100,21 +100,24 @@ class GradCAMClip(nn.Module):
         with torch.enable_grad():
             with torch.set_grad_enabled(compute_cam):  # without CAMs the frozen image side needs no graph
                 vision = vit_forward(self.clip.visual, images, need_attention=need_attention)
-            image_features = F.normalize(vision.embedding, dim=-1)
-            text_features = F.normalize(self.text_features(), dim=-1)
-            logits = self.clip.logit_scale.exp() * image_features @ text_features.t()
+            text_features = self.text_features()  # under autocast when the caller uses mixed precision
+            # logits, softmax and the CAM gradient in float32 (a no-op without autocast)
+            with torch.autocast(images.device.type, enabled=False):
+                image_features = F.normalize(upcast(vision.embedding), dim=-1)
+                text_features = F.normalize(upcast(text_features), dim=-1).to(image_features.dtype)
+                logits = self.clip.logit_scale.exp().to(image_features.dtype) * image_features @ text_features.t()
 
-            positive = fg_labels.bool()
-            allowed = torch.ones_like(logits, dtype=torch.bool)
-            allowed[:, : self.num_fg] = positive
-            probs = masked_softmax(logits, allowed, self.softmax)
+                positive = fg_labels.bool()
+                allowed = torch.ones_like(logits, dtype=torch.bool)
+                allowed[:, : self.num_fg] = positive
+                probs = masked_softmax(logits, allowed, self.softmax)
 
-            pairs = positive.nonzero()
-            h, w = vision.grid
-            if compute_cam and len(pairs):
-                cam = self._cams(probs, vision.activation, pairs, create_graph).reshape(-1, h, w)
-            else:
-                cam = logits.new_zeros((0, h, w))
+                pairs = positive.nonzero()
+                h, w = vision.grid
+                if compute_cam and len(pairs):
+                    cam = self._cams(probs, vision.activation, pairs, create_graph).reshape(-1, h, w)
+                else:
+                    cam = logits.new_zeros((0, h, w))
         att = merge_attention(torch.stack(vision.attentions), self.att_layers).detach() if need_attention else None
         return CamOutput(cam=cam, logits=logits, probs=probs, pairs=pairs, grid=(h, w), att=att, num_fg=self.num_fg)
 

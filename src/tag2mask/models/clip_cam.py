@@ -62,6 +62,11 @@ def _block(block: nn.Module, x: torch.Tensor, need_weights: bool) -> tuple[torch
     return x, weights
 
 
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 when it is in half precision (float16 / bfloat16); float32 and float64 stay as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def vit_forward(visual: nn.Module, images: torch.Tensor, need_attention: bool = False) -> VisionOutput:
     """The CAM-ready forward of an open_clip ``VisionTransformer`` on N×3×H×W images (H, W multiples of the patch)."""
     patch = visual.conv1.kernel_size
@@ -84,15 +89,18 @@ def vit_forward(visual: nn.Module, images: torch.Tensor, need_attention: bool = 
             attentions.append(weights)
 
     last = blocks[-1]
-    activation = last.ln_1(x).detach().requires_grad_(True)  # the GradCAM tap (SPEC §1.3 item 4)
-    # the explicit attention path (need_weights=True) is twice differentiable; the fused kernels are not
-    out, weights = _attend(last, activation, True)
-    if need_attention:
-        attentions.append(weights)
-    x = x.detach() + last.ls_1(out)
-    x = x + last.ls_2(last.mlp(last.ln_2(x)))
-
-    tokens = visual.ln_post(x) @ visual.proj
-    embedding = tokens[:, 1:].mean(dim=1)
+    # From the GradCAM tap on, float32 even under mixed precision: the CAM is a gradient through this part (and,
+    # in training, a gradient of that gradient), which half precision would round away. No-op in float32.
+    with torch.autocast(x.device.type, enabled=False):
+        x = upcast(x)
+        activation = last.ln_1(x).detach().requires_grad_(True)  # the GradCAM tap (SPEC §1.3 item 4)
+        # the explicit attention path (need_weights=True) is twice differentiable; the fused kernels are not
+        out, weights = _attend(last, activation, True)
+        if need_attention:
+            attentions.append(weights)
+        x = x.detach() + last.ls_1(out)
+        x = x + last.ls_2(last.mlp(last.ln_2(x)))
+        tokens = visual.ln_post(x) @ visual.proj
+        embedding = tokens[:, 1:].mean(dim=1)
     return VisionOutput(embedding, activation, (h, w), attentions if need_attention else None)
 

@@ -84,7 +84,8 @@ def cam_one(model: Any, image: np.ndarray, fg_cls: np.ndarray, config: Config, t
         "logits": out.logits[0].detach().float().cpu().numpy(),
     }
     att = out.att[0].float().cpu().numpy() if need_att else None
-    arrays["cam"] = refine(raw, att, config, task) if caa_on else raw
+    with torch.autocast(x.device.type, enabled=False):  # CAA in float32 even when the caller uses autocast
+        arrays["cam"] = refine(raw, att, config, task) if caa_on else raw
     if config.cams.save_att:
         arrays["att"] = att.astype(np.float16)
     return arrays

@@ -66,4 +66,5 @@ def run_train(
         context_path=lambda it: context_path(run_path, task, it), config_hash=config_hash,
         seeds_dir=seeds_dir if cfg.loss in ("cal", "ce", "ce_manual", "ce_auto") else None, device=device,
         num_workers=config.runtime.num_workers, max_iter=max_iter, show_progress=show_progress and rank == 0,
+        amp_dtype=config.runtime.amp_dtype,
     )

@@ -29,7 +29,7 @@ from torch import nn
 from tag2mask.config import TrainTaskConfig
 from tag2mask.data.augment import augment, clip_normalise, online_labels
 from tag2mask.errors import ConfigError, Tag2MaskError
-from tag2mask import resume
+from tag2mask import amp, resume
 from tag2mask.train.losses import (
     IGNORE_INDEX,
     ScaledBCE,
@@ -202,6 +202,7 @@ def train_prompts(
     num_workers: int = 0,
     max_iter: int | None = None,
     show_progress: bool = True,
+    amp_dtype: str = "bfloat16",
 ) -> TrainResult:
     """Train ``model.prompt_learner.ctx`` (a :class:`~tag2mask.cam.GradCAMClip`) on ``dataset`` with ``cfg``.
 
@@ -230,8 +231,9 @@ def train_prompts(
         groups += extra
         params += [p for g in extra for p in g["params"]]
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    use_amp = cfg.amp and str(device).startswith("cuda")
-    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**16) if use_amp else None
+    use_amp = cfg.amp and str(device).startswith("cuda")  # mixed precision on GPUs; float32 on the CPU
+    half = amp.amp_dtype(amp_dtype, device)
+    scaler = amp.grad_scaler(device, half, use_amp, init_scale=2.0**16)  # float16 only
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -269,7 +271,7 @@ def train_prompts(
         total = 0.0
         for _ in range(cfg.sub_iter):
             images, label_map, fg = (x.to(device) for x in next(it))
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            with amp.autocast(device, half, use_amp):  # the CAM gradient itself stays float32 (cam.gradcam)
                 out = model(images, fg, create_graph=needs_cam, compute_cam=needs_cam)
             loss, weight, parts = loss_and_weight(cfg, module, out, fg, label_map)
             share = 1.0
