@@ -320,7 +320,7 @@ def train_segmenter(
 
     from tqdm import tqdm
 
-    from tag2mask.stages.common import bar_options
+    from tag2mask.progress import bar_options
 
     bar = tqdm(total=stop - start, desc=f"train {recipe.net}", unit="it", disable=not show_progress or rank != 0,
                **bar_options())

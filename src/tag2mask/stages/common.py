@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tag2mask.config import Config
 from tag2mask.data import SegDataset, default_cache_dir, open_dataset
 from tag2mask.errors import ConfigError
+from tag2mask.progress import bar_options, progress  # noqa: F401 - re-exported for the stages
 
 log = logging.getLogger("tag2mask")
-T = TypeVar("T")
 
 
 def dataset_options(config: Config) -> dict[str, Any]:
@@ -77,21 +77,6 @@ def worker_shard(shard: str | None = None) -> tuple[int, int]:
             raise ConfigError(f"--shard {shard}: need 0 <= i < n")
         return i, n
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def progress(items: Iterable[T], total: int, desc: str, enabled: bool = True) -> Iterator[T]:
-    """A tqdm bar over ``items`` (shown only when ``enabled``; tqdm writes to stderr)."""
-    from tqdm import tqdm
-
-    yield from tqdm(items, total=total, desc=desc, unit="img", disable=not enabled, **bar_options())
-
-
-def bar_options() -> dict[str, Any]:
-    """tqdm options: lively on a terminal, one line every 30 s in a log file."""
-    import sys
-
-    tty = sys.stderr.isatty()
-    return {"dynamic_ncols": True, "mininterval": 0.1 if tty else 30.0}
 
 
 # -- models of a run ----------------------------------------------------------------------------------------------

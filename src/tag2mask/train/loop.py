@@ -255,7 +255,7 @@ def train_prompts(
     loader = torch.utils.data.DataLoader(data, batch_sampler=batches(), num_workers=num_workers)
     from tqdm import tqdm
 
-    from tag2mask.stages.common import bar_options
+    from tag2mask.progress import bar_options
 
     bar = tqdm(total=stop - start, desc=f"train {cfg.loss}", unit="it", disable=not show_progress or rank != 0,
                **bar_options())

@@ -1,0 +1,25 @@
+"""Progress bars, one style everywhere: lively on a terminal, one line every 30 s in a log file (tqdm, stderr).
+
+A small module of its own so that the training loops (``train/``, ``segmenters/``) need nothing from ``stages/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def bar_options() -> dict[str, Any]:
+    """tqdm options: lively on a terminal, one line every 30 s in a log file."""
+    tty = sys.stderr.isatty()
+    return {"dynamic_ncols": True, "mininterval": 0.1 if tty else 30.0}
+
+
+def progress(items: Iterable[T], total: int, desc: str, enabled: bool = True) -> Iterator[T]:
+    """A tqdm bar over ``items`` (shown only when ``enabled``; tqdm writes to stderr)."""
+    from tqdm import tqdm
+
+    yield from tqdm(items, total=total, desc=desc, unit="img", disable=not enabled, **bar_options())
