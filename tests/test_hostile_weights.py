@@ -1,15 +1,12 @@
-"""Weight files never run code: a TorchScript archive is read without torch.jit.load (SPEC-independent security).
+"""Weight files never run code: a TorchScript archive is read without TorchScript's loader.
 
-A scripted module's ``__setstate__`` runs inside ``torch.jit.load``; the one below creates a file there. Given to
-tag2mask as CLIP weights, SAM weights or a stage-II backbone file it is refused with one line and the file is
-never created. The genuine OpenAI layout still loads to exactly the tensors ``torch.jit.load`` would give.
+A scripted module's ``__setstate__`` runs inside TorchScript's loader (``torch.jit.load``); the one below creates
+a file there. Given to tag2mask as CLIP weights, SAM weights or a stage-II backbone file it is refused with one
+line and the file is never created. The genuine OpenAI layout still loads to exactly the tensors ``torch.jit.load`` would give.
 """
 
 from __future__ import annotations
 
-import io
-import os
-import pickle
 import warnings
 import zipfile
 from pathlib import Path
@@ -125,35 +122,44 @@ def _with_data_pkl(source: Path, out: Path, data: bytes) -> Path:
     return out
 
 
+def _calls(function: tuple[str, str], argument: str) -> bytes:
+    """A protocol-2 pickle stream, written out by hand, that calls ``module.name(argument)`` when unpickled."""
+    text = argument.encode()
+    return (b"\x80\x02c" + f"{function[0]}\n{function[1]}\n".encode() + b"X" + len(text).to_bytes(4, "little")
+            + text + b"\x85R.")
+
+
 def test_any_other_pickled_object_is_refused(tmp_path: Path) -> None:
     genuine = tmp_path / "genuine.pt"
     save_openai_torchscript(tiny_clip(seed=0), genuine)
     marker = tmp_path / "ran"
-
-    class _Runs:
-        def __reduce__(self):  # noqa: ANN204 - what a hostile pickle does: call a function while loading
-            return (os.makedirs, (str(marker),))
-
-    bad = _with_data_pkl(genuine, tmp_path / "bad.pt", pickle.dumps(_Runs(), protocol=2))
+    bad = _with_data_pkl(genuine, tmp_path / "bad.pt", _calls(("os", "makedirs"), str(marker)))
     with pytest.raises(Tag2MaskError, match=r"os.makedirs is not allowed in a weight file") as e:
         read_state_dict(bad, "CLIP")
     assert "\n" not in str(e.value) and not marker.exists()
+
+
+@pytest.mark.parametrize("tail", [b"", b"\x80\x02", b"\x80\x02(t.", b"\x80\x02)R.", b"\x80\x02K\x01b.",
+                                  b"\x80\x02\x8e\x00\x00\x00\x00\x00\x00\x00\x00."])
+def test_malformed_or_foreign_streams_are_refused(tmp_path: Path, tail: bytes) -> None:
+    """Truncated streams, calls of non-callables, BUILD on a number, an opcode outside the set: one error."""
+    genuine = tmp_path / "genuine.pt"
+    save_openai_torchscript(tiny_clip(seed=0), genuine)
+    bad = _with_data_pkl(genuine, tmp_path / "bad.pt", tail)
+    with pytest.raises(Tag2MaskError, match="data.pkl is not a plain module of tensors|does not hold a module") as e:
+        read_state_dict(bad, "CLIP")
+    assert "\n" not in str(e.value)
 
 
 def test_a_tensor_record_outside_its_storage_is_refused(tmp_path: Path) -> None:
     genuine = tmp_path / "genuine.pt"
     save_openai_torchscript(tiny_clip(seed=0), genuine)
     with zipfile.ZipFile(genuine) as z:
-        name = next(n for n in z.namelist() if n.endswith("/data.pkl"))
-        data = z.read(name)
-    # the first tensor is the positional embedding, 77×... elements; claim a far larger shape over its storage
-    buf = io.BytesIO(data)
-    assert b"positional_embedding" in data
-    import pickletools
-
-    ops = [(op.name, arg, pos) for op, arg, pos in pickletools.genops(buf)]
-    first_int = next(pos for name, arg, pos in ops if name == "BININT1" and arg == 77)
-    corrupt = data[:first_int] + b"M" + (60000).to_bytes(2, "little") + data[first_int + 2:]
+        data = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    # the first tensor is the positional embedding, 77×width: MARK, BININT1 77 starts its size tuple; claim a
+    # far larger first dimension over the same storage (BININT2 60000)
+    at = data.index(b"(K" + bytes([77])) + 1
+    corrupt = data[:at] + b"M" + (60000).to_bytes(2, "little") + data[at + 2:]
     bad = _with_data_pkl(genuine, tmp_path / "bad.pt", corrupt)
     with pytest.raises(Tag2MaskError, match="outside its storage"):
         read_state_dict(bad, "CLIP")

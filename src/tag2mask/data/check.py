@@ -21,21 +21,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from tag2mask.data.base import SegDataset, log, read_rgb
+from tag2mask.data.base import SegDataset, _file_stamp, log, read_rgb
 from tag2mask.errors import DataError
 from tag2mask.io import read_json, write_json
 
 CHECK_VERSION = 1
-
-
-def _stamp(path: Path | None) -> list[Any] | None:
-    if path is None:
-        return None
-    try:
-        st = path.stat()
-    except OSError:
-        return [str(path), None, None]
-    return [str(path), st.st_size, st.st_mtime_ns]
 
 
 def _check_one(dataset: SegDataset, image_id: str) -> str | None:
@@ -67,7 +57,7 @@ def check_split(dataset: SegDataset, cache_dir: Path | None = None,
     results: dict[str, Any] = {}
     todo = []
     for s in dataset:
-        stamps = [_stamp(s.image_path), _stamp(s.mask_path)]
+        stamps = [_file_stamp(s.image_path), _file_stamp(s.mask_path) if s.mask_path is not None else None]
         hit = cached.get(s.id)
         if isinstance(hit, dict) and hit.get("stamps") == stamps:
             results[s.id] = hit

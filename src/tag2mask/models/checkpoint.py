@@ -1,8 +1,8 @@
 """Read a weight file into a plain state dict, without running pickled code or TorchScript.
 
 Three layouts are read: a TorchScript archive (OpenAI's official CLIP ``.pt`` files), whose tensors are rebuilt
-from the archive by :mod:`tag2mask.models.torchscript` (``torch.jit.load`` is never called: it would run the
-file's code); a ``.safetensors`` file; and a ``torch.save`` file of a state dict (optionally wrapped as
+from the archive by :mod:`tag2mask.models.torchscript` (TorchScript's own loader is never called: it would run
+the file's code); a ``.safetensors`` file; and a ``torch.save`` file of a state dict (optionally wrapped as
 ``{"state_dict": ...}`` or ``{"model": ...}``), read with ``torch.load(..., weights_only=True)``.
 """
 

@@ -98,8 +98,8 @@ def save_openai_state_dict(
 ) -> None:
     """Write ``model`` as a plain ``torch.save`` state dict with OpenAI key names (atomically).
 
-    With the default fp16 this matches what ``torch.jit.load(official).state_dict()`` holds, minus the three
-    metadata entries of the TorchScript archive.
+    With the default fp16 this matches what TorchScript's ``state_dict()`` of the official file holds, minus the
+    three metadata entries of the TorchScript archive.
     """
     sd = openai_state_dict(model, dtype)
     with atomic_write(path, "wb") as f:

@@ -35,14 +35,17 @@ def open_split(config: Config, split: str) -> SegDataset:
     data = config.data
     dataset = open_dataset(data.dataset, data.root, split, on_error=data.on_error, **dataset_options(config))
     if data.on_error == "skip":
-        from tag2mask.data.check import apply_check
-
-        apply_check(dataset, "skip", cache_dir(config), _check_bar(split))
+        check_data(config, dataset)
     return dataset
 
 
-def _check_bar(split: str):  # noqa: ANN202
-    return lambda ids, n: progress(ids, n, f"checking {split}", enabled=n > 50)
+def check_data(config: Config, dataset: SegDataset) -> SegDataset:
+    """The data check of ``dataset`` (:mod:`tag2mask.data.check`) with ``data.on_error``, cached in the run's cache
+    folder, with a progress bar when there are many files to check."""
+    from tag2mask.data.check import apply_check
+
+    bar = lambda items, n: progress(items, n, f"checking {dataset.split}", enabled=n > 50)  # noqa: E731
+    return apply_check(dataset, config.data.on_error, cache_dir(config), bar)
 
 
 def cache_dir(config: Config) -> Path:

@@ -22,6 +22,7 @@ from tag2mask.io import write_json
 from tag2mask.lock import holding
 from tag2mask.stages.common import (
     barrier,
+    check_data,
     clip_fit_warning,
     context_path,
     join_process_group,
@@ -157,12 +158,8 @@ def preflight(config: Config, *, limit: int | None = None) -> list[tuple[str, st
     from tag2mask.stages.train import check_batch_sizes
 
     dataset = open_split(config, config.data.train_split)
-    if config.data.on_error == "raise":
-        from tag2mask.data.check import apply_check
-        from tag2mask.stages.common import cache_dir, progress
-
-        apply_check(dataset, "raise", cache_dir(config),
-                    lambda ids, n: progress(ids, n, f"checking {config.data.train_split}", enabled=n > 50))
+    if config.data.on_error == "raise":  # (with skip, open_split has checked it already)
+        check_data(config, dataset)
     check_batch_sizes(config, len(dataset))
     resolve_weight(config.models.clip, kind="clip")
     if config.superpixels.source == "sam" and import_source(config) is None:

@@ -173,9 +173,6 @@ def _load_resume(out_dir: Path, params: list[nn.Parameter], optimizer: torch.opt
     return int(meta["iteration"])
 
 
-truncate_metrics = resume.truncate_metrics
-
-
 def checkpoint_iterations(cfg: TrainTaskConfig) -> set[int]:
     """Iterations (1-based counts) after which the context is saved: every ``max(max_iter // 10, 1000)`` (SPEC §5.1),
     the configured checkpoint, and the last one."""
@@ -241,7 +238,7 @@ def train_prompts(
     start = _load_resume(out_dir, params, optimizer, scaler, config_hash)
     metrics = out_dir / "metrics.jsonl"
     if rank == 0:
-        truncate_metrics(metrics, start)
+        resume.truncate_metrics(metrics, start)
     stop = min(cfg.max_iter, max_iter if max_iter is not None else cfg.max_iter)
     saves = checkpoint_iterations(cfg)
 
