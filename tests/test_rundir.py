@@ -11,7 +11,8 @@ import pytest
 from tag2mask.config import load_config, stage_hashes
 from tag2mask.errors import Tag2MaskError
 from tag2mask.io import atomic_write, load_npz, new_file_mode, read_json, save_npz, write_json
-from tag2mask.stages.rundir import RunDir, pending, shard
+from tag2mask.stages.inputs import InputLedger
+from tag2mask.stages.rundir import RunDir, shard
 from tag2mask.viz.palette import read_label_png, voc_palette, write_label_png
 
 
@@ -81,15 +82,16 @@ def test_interrupted_stage_resumes_and_accumulates_time(tmp_path: Path) -> None:
     run = RunDir.create(tmp_path / "run", load_config("voc"))
     out = run.begin_stage("seeds_fine", "abc")
     ids = ["a", "b", "c", "d"]
-    done = []
-    for i in pending(ids, lambda k: out / f"{k}.png"):
+    ledger = InputLedger(out, lambda k: [k, "unchanged input"])
+    for i in ledger.pending(ids, lambda k: out / f"{k}.png"):
         if i == "c":
             break  # killed here
         write_label_png(out / f"{i}.png", np.zeros((2, 2), np.uint8))
-        done.append(i)
+        ledger.record(i)
     run2 = RunDir.create(tmp_path / "run", load_config("voc"))  # the same command again
     out2 = run2.begin_stage("seeds_fine", "abc")
-    assert list(pending(ids, lambda k: out2 / f"{k}.png")) == ["c", "d"]
+    ledger2 = InputLedger(out2, lambda k: [k, "unchanged input"])
+    assert ledger2.pending(ids, lambda k: out2 / f"{k}.png") == ["c", "d"]
     run2.end_stage("seeds_fine", {"images": 4}, seconds=2.0)
     assert run2.stage_record("seeds_fine").seconds == 2.0
     run2.begin_stage("seeds_fine", "abc")  # a later resume keeps the time already spent

@@ -306,7 +306,7 @@ def test_another_recipe_is_refused_unless_overwrite(demo_run: tuple[Path, str]) 
     run = RunDir.open(demo_run[0])
     common = [*SMALL_DLV3, "batch_size=4", "max_iter=2", "val_every=0"]
     first = run_train_seg(run, "deeplabv3plus", common, name="guarded", show_progress=False)
-    with pytest.raises(Tag2MaskError, match=r"another recipe \(lr: 0.01 -> 0.02\).*--overwrite"):
+    with pytest.raises(Tag2MaskError, match=r"another recipe: lr: 0.01 -> 0.02.*--overwrite"):
         run_train_seg(run, "deeplabv3plus", [*common, "lr=0.02"], name="guarded", show_progress=False)
     assert (first.out_dir / "model.safetensors").is_file()  # nothing was deleted
     # neutral keys (logging, validation, test settings) are not another recipe

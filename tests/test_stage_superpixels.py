@@ -201,6 +201,27 @@ def test_import_fills_the_cache_like_the_stage(
     assert superpixels_dir(config, "train", ann_dir.parent) != res.folder
 
 
+def test_changed_annotations_are_imported_again(imported: tuple[Path, list[str], dict], tmp_path: Path) -> None:
+    import json
+    import os
+    import shutil
+
+    ann_dir, overrides, _ = imported
+    ann_dir = shutil.copytree(ann_dir, tmp_path / "annotations")
+    config = load_config("demo", overrides)
+    assert run_superpixels(config, "train", import_dir=ann_dir, show_progress=False).computed == 4
+    later = lambda p: os.utime(p, ns=(0, p.stat().st_mtime_ns + 2_000_000_000))  # noqa: E731
+    anns = json.loads((ann_dir / "train_0001.json").read_text())["annotations"]
+    (ann_dir / "train_0001.json").write_text(json.dumps({"annotations": anns[:1]}))  # one mask left
+    later(ann_dir / "train_0001.json")
+    png = sorted((ann_dir / "train_0003").glob("*.png"))[0]  # one PNG of an amg.py folder rewritten in place
+    png.write_bytes(png.read_bytes())
+    later(png)
+    res = run_superpixels(config, "train", import_dir=ann_dir, show_progress=False)
+    assert res.computed == 2 and res.complete
+    assert Superpixels.load(res.folder / "train_0001").masks.shape[0] == 1
+
+
 def test_import_shards_split_the_work(imported: tuple[Path, list[str], dict], tmp_path: Path) -> None:
     ann_dir, overrides, _ = imported
     config = load_config("demo", [*overrides, f"runtime.cache_dir={tmp_path}"])

@@ -337,14 +337,13 @@ def _cmd_cams(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from tag2mask.config import stage_hashes
     from tag2mask.stages.common import begin_shared_stage, join_process_group
-    from tag2mask.stages.train import run_train
+    from tag2mask.stages.train import run_train, train_stage_hash
 
     config, run = _load(args)
     rank, _ = join_process_group(config)
     stage = f"train_{args.task}"
-    h = stage_hashes(config)[stage]
+    h = train_stage_hash(config, args.task, Path(args.seeds) if args.seeds else None, run.path)
     out = begin_shared_stage(run, stage, h, {"split": config.data.train_split, "seeds": args.seeds}, rank)
     result = run_train(config, args.task, run.path, out, h, seeds_dir=Path(args.seeds) if args.seeds else None,
                        max_iter=args.max_iter)

@@ -9,6 +9,7 @@ the temporary file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -51,6 +52,32 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def file_stamp(path: str | os.PathLike[str]) -> list[Any]:
+    """``[name, size, mtime in ns]`` of a file (``[name, None, None]`` when it cannot be read): what changes when
+    the file is replaced or edited, read without opening it."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return [path.name, None, None]
+    return [path.name, st.st_size, st.st_mtime_ns]
+
+
+def stamp_digest(obj: Any) -> str:
+    """A short stable digest (16 hex digits of SHA-256) of any JSON-able value, e.g. a list of file stamps."""
+    text = json.dumps(obj, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes, 16 hex digits (for small files whose content, not date, matters)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

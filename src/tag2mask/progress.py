@@ -19,7 +19,8 @@ def bar_options() -> dict[str, Any]:
 
 
 def progress(items: Iterable[T], total: int, desc: str, enabled: bool = True) -> Iterator[T]:
-    """A tqdm bar over ``items`` (shown only when ``enabled``; tqdm writes to stderr)."""
+    """A tqdm bar over ``items`` (shown only when ``enabled`` and there is something to do; tqdm writes to
+    stderr)."""
     from tqdm import tqdm
 
-    yield from tqdm(items, total=total, desc=desc, unit="img", disable=not enabled, **bar_options())
+    yield from tqdm(items, total=total, desc=desc, unit="img", disable=not enabled or total == 0, **bar_options())

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from tag2mask.errors import DataError
-from tag2mask.io import read_json, write_json
+from tag2mask.io import file_stamp, read_json, write_json
 from tag2mask.viz.palette import read_label_png
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,12 @@ class SegDataset:
             )
         return mask
 
+    def sample_stamp(self, i: int | str) -> list[Any]:
+        """What the CAM and seed stages read of a sample, as a stamp that changes when it changes: the image
+        file's name, size and modification time, and the image's tags (:func:`tag2mask.io.file_stamp`)."""
+        sample = self[i]
+        return [file_stamp(sample.image_path), list(sample.labels)]
+
     def label_vector(self, i: int | str) -> np.ndarray:
         """The image tags as a ``num_classes`` uint8 multi-hot vector."""
         vec = np.zeros(self.num_classes, dtype=np.uint8)
@@ -320,14 +326,6 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tag2mask"
 
 
-def _file_stamp(path: Path) -> list[Any]:
-    try:
-        st = path.stat()
-    except OSError:
-        return [path.name, None, None]
-    return [path.name, st.st_size, st.st_mtime_ns]
-
-
 def cached_mask_labels(
     *,
     kind: str,
@@ -348,7 +346,7 @@ def cached_mask_labels(
     Errors are cached too, so ``on_error`` behaves the same on a cache hit.
     """
     root_s = str(Path(root).resolve())
-    stamps = [[sid, *_file_stamp(p)] for sid, p in items]
+    stamps = [[sid, *file_stamp(p)] for sid, p in items]
     key = hashlib.sha256(
         json.dumps([CACHE_VERSION, kind, root_s, split, source, stamps], separators=(",", ":")).encode()
     ).hexdigest()

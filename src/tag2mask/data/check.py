@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from tag2mask.data.base import SegDataset, _file_stamp, log, read_rgb
+from tag2mask.data.base import SegDataset, log, read_rgb
 from tag2mask.errors import DataError
-from tag2mask.io import read_json, write_json
+from tag2mask.io import file_stamp, read_json, write_json
 
 CHECK_VERSION = 1
 
@@ -57,7 +57,7 @@ def check_split(dataset: SegDataset, cache_dir: Path | None = None,
     results: dict[str, Any] = {}
     todo = []
     for s in dataset:
-        stamps = [_file_stamp(s.image_path), _file_stamp(s.mask_path) if s.mask_path is not None else None]
+        stamps = [file_stamp(s.image_path), file_stamp(s.mask_path) if s.mask_path is not None else None]
         hit = cached.get(s.id)
         if isinstance(hit, dict) and hit.get("stamps") == stamps:
             results[s.id] = hit

@@ -27,9 +27,10 @@ import numpy as np
 
 from tag2mask.config import Config
 from tag2mask.errors import DataError, NotBuiltError, Tag2MaskError
-from tag2mask.io import load_npz, save_npz
+from tag2mask.io import file_digest, file_stamp, load_npz, save_npz
 from tag2mask.stages.common import build_prompt_learner, log, open_split, progress, resolve_device
-from tag2mask.stages.rundir import ItemsResult, pending, shard
+from tag2mask.stages.inputs import InputLedger
+from tag2mask.stages.rundir import ItemsResult, shard
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -129,7 +130,8 @@ def run_cams(
     def output(image_id: str) -> Path:
         return out_dir / f"{image_id}.npz"
 
-    todo = list(pending(shard(ids, rank, world_size), output))
+    ledger = InputLedger(out_dir, _inputs(dataset, context, external))
+    todo = ledger.pending(shard(ids, rank, world_size), output)
     t0 = time.perf_counter()
     if todo:
         if external is not None:
@@ -140,8 +142,18 @@ def run_cams(
             arrays = step(image_id)
             output(image_id).parent.mkdir(parents=True, exist_ok=True)
             save_npz(output(image_id), **arrays)
-    done = sum(output(i).exists() for i in ids)
+            ledger.record(image_id)
+    done = ledger.done(ids, output)
     return ItemsResult(out_dir, done, len(ids), len(todo), time.perf_counter() - t0)
+
+
+def _inputs(dataset: Any, context: Path | None, external: Path | None):  # -> Callable[[str], list]
+    """What one image's CAM file is made from (:mod:`tag2mask.stages.inputs`): the image and its tags, and the
+    content of the prompt weights, or the imported file."""
+    if external is not None:
+        return lambda image_id: [dataset.sample_stamp(image_id), file_stamp(Path(external) / f"{image_id}.npz")]
+    weights = file_digest(context) if context is not None and Path(context).is_file() else None
+    return lambda image_id: [dataset.sample_stamp(image_id), weights]
 
 
 def _computer(config: Config, task: str, dataset: Any, context: Path | None):

@@ -65,7 +65,7 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
     from tag2mask.stages.cams import run_cams
     from tag2mask.stages.seeds import run_seeds
     from tag2mask.stages.superpixels import run_superpixels, superpixels_dir
-    from tag2mask.stages.train import run_train
+    from tag2mask.stages.train import run_train, train_stage_hash
 
     lead = rank == 0
     run = RunDir.create(run_dir, config) if lead else RunDir(run_dir)
@@ -75,19 +75,30 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
     result = PipelineResult(run.path)
     out = say if lead else (lambda _msg: None)
 
-    def step(number: int, name: str, inputs: dict[str, Any], work: Callable[[Path], tuple[dict[str, int], bool]]) -> None:
+    def step(number: int, name: str, inputs: dict[str, Any], work: Callable[[Path], tuple[dict[str, int], bool]],
+             key: str | None = None) -> None:
+        """Run one stage under ``key`` (default: its config hash). A training stage done under the same key (which
+        covers its data) is skipped; a per-image stage always looks, image by image, for what changed
+        (:mod:`tag2mask.stages.inputs`) and is skipped when nothing did."""
         label = f"[{number}/{len(STEPS)}] {name}"
-        if run.is_done(name, hashes[name]):
+        key = key or hashes[name]
+        done_before = run.is_done(name, key)
+        if done_before and name.startswith("train_"):
             out(f"{label}: done earlier, skipped")
             result.skipped.append(name)
             result.seconds[name] = 0.0
             return
-        folder = run.begin_stage(name, hashes[name], inputs) if lead else run.stage_dir(name)
+        folder = run.begin_stage(name, key, inputs) if lead and not done_before else run.stage_dir(name)
         barrier()
         t0 = time.perf_counter()
         counts, complete = work(folder)
         barrier()
         seconds = time.perf_counter() - t0
+        if done_before and complete and counts.get("computed") == 0:
+            out(f"{label}: done earlier, skipped")
+            result.skipped.append(name)
+            result.seconds[name] = 0.0
+            return
         result.seconds[name] = seconds
         if not complete:
             raise Tag2MaskError(f"{name} did not finish ({counts}); run the same command again to resume")
@@ -101,9 +112,9 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
         r = run_superpixels(config, split, **common)
         return {"images": r.total, "computed": r.computed}, r.complete
 
-    def train(task: str) -> Callable[[Path], tuple[dict[str, int], bool]]:
+    def train(task: str, key: str) -> Callable[[Path], tuple[dict[str, int], bool]]:
         def work(folder: Path) -> tuple[dict[str, int], bool]:
-            r = run_train(config, task, run.path, folder, hashes[f"train_{task}"], show_progress=show_progress and lead)
+            r = run_train(config, task, run.path, folder, key, show_progress=show_progress and lead)
             return {"iterations": r.iterations}, r.iterations == getattr(config.train, task).max_iter
 
         return work
@@ -135,10 +146,12 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
         out(f"data check: {len(skipped)} bad sample(s) of {split} left out (data.on_error=skip), e.g. "
             f"{skipped[0][1]}; all listed in manifest.json and the report")
     step(1, "superpixels", {"split": split, "folder": str(superpixels_dir(config, split))}, superpixels)
-    step(2, "train_cls", {"split": split}, train("cls"))
+    key = train_stage_hash(config, "cls", run_path=run.path)
+    step(2, "train_cls", {"split": split}, train("cls", key), key)
     step(3, "cams_cls", {"split": split}, cams("cls"))
     step(4, "seeds_coarse", {"split": split}, seeds("cls"))
-    step(5, "train_seg", {"split": split, "seeds": str(run.stage_dir("seeds_coarse"))}, train("seg"))
+    key = train_stage_hash(config, "seg", run_path=run.path)  # covers the coarse seeds just made
+    step(5, "train_seg", {"split": split, "seeds": str(run.stage_dir("seeds_coarse"))}, train("seg", key), key)
     step(6, "cams_seg", {"split": split}, cams("seg"))
     step(7, "seeds_fine", {"split": split}, seeds("seg"))
     if lead:

@@ -19,11 +19,12 @@ import numpy as np
 
 from tag2mask.config import Config
 from tag2mask.errors import Tag2MaskError
-from tag2mask.io import read_json, write_json
+from tag2mask.io import file_stamp, read_json, write_json
 from tag2mask.segmenters.predictions import keep_classes, prediction_labels, present_classes, save_prediction
 from tag2mask.segmenters.recipes import recipe_from_dict
 from tag2mask.stages.common import open_split, progress, resolve_device
-from tag2mask.stages.rundir import ItemsResult, pending, shard
+from tag2mask.stages.inputs import InputLedger
+from tag2mask.stages.rundir import ItemsResult, shard
 from tag2mask.stages.train_seg import build_segmenter, read_model_info
 from tag2mask.viz.palette import write_label_png
 
@@ -118,7 +119,9 @@ def run_predict(
     if rank == 0:
         write_json(out / PREDICT_JSON, settings)
     ids = dataset.ids[:limit] if limit else dataset.ids
-    todo = list(pending(shard(ids, rank, world_size), lambda i: out / f"{i}.npz"))
+    weights = file_stamp(checkpoint.weights)  # what each prediction reads (tag2mask.stages.inputs)
+    ledger = InputLedger(out, lambda image_id: [file_stamp(dataset[image_id].image_path), weights])
+    todo = ledger.pending(shard(ids, rank, world_size), lambda i: out / f"{i}.npz")
     t0 = time.perf_counter()
     for image_id in progress(todo, len(todo), f"predict {split}", show_progress and rank == 0):
         prob = predict_probabilities(
@@ -130,5 +133,6 @@ def run_predict(
         kept = keep_classes(prob, fg)
         write_label_png(out / f"{image_id}.png", prediction_labels(kept, fg))
         save_prediction(out / f"{image_id}.npz", kept, fg)  # written last: its presence marks the image done
-    done = sum((out / f"{i}.npz").is_file() for i in ids)
+        ledger.record(image_id)
+    done = ledger.done(ids, lambda i: out / f"{i}.npz")
     return ItemsResult(out, done, len(ids), len(todo), time.perf_counter() - t0)

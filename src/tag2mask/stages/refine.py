@@ -47,10 +47,11 @@ import numpy as np
 from tag2mask.config import Config
 from tag2mask.errors import ConfigError, DataError, Tag2MaskError
 from tag2mask.evaluate import ConfusionMatrix
-from tag2mask.io import read_json, write_json
+from tag2mask.io import file_stamp, read_json, write_json
 from tag2mask.segmenters.predictions import load_prediction, prediction_labels
 from tag2mask.stages.common import open_split, progress
-from tag2mask.stages.rundir import ItemsResult, pending, shard
+from tag2mask.stages.inputs import InputLedger
+from tag2mask.stages.rundir import ItemsResult, shard
 from tag2mask.viz.palette import write_label_png
 
 __all__ = [
@@ -382,7 +383,16 @@ def run_refine(
         record.update(alpha_choice=None, tuned_on_gt=[], sweep=None)
     _check_settings(out, record, _SETTING_KEYS)
 
-    todo = list(pending(shard(ids, rank, world_size), output))
+    def inputs(image_id: str) -> list:  # what one refined map reads (tag2mask.stages.inputs)
+        read = [file_stamp(pred_dir / f"{image_id}.npz"), record["alpha"]]
+        if sp_dir is not None:
+            read.append(file_stamp(f"{sp_dir / image_id}.json"))
+        if method == "crf":
+            read.append(file_stamp(dataset[image_id].image_path))
+        return read
+
+    ledger = InputLedger(out, inputs)
+    todo = ledger.pending(shard(ids, rank, world_size), output)
     if todo:
         _check_predictions(pred_dir, ids, todo, split)
     out.mkdir(parents=True, exist_ok=True)
@@ -393,7 +403,8 @@ def run_refine(
                            superpixels=sp, image=image, crf=crf_params)
         output(image_id).parent.mkdir(parents=True, exist_ok=True)
         write_label_png(output(image_id), label)
-    done = sum(output(i).exists() for i in ids)
+        ledger.record(image_id)
+    done = ledger.done(ids, output)
     seconds = time.perf_counter() - t0
     write_json(out / REFINE_JSON, {**record, "status": "done" if done == len(ids) else "running",
                                    "images": len(ids), "done": done})

@@ -9,9 +9,10 @@ Layout::
         stage.json       the stage's config hash; a mismatch means the folder holds another config's results
 
 Every file is written atomically (temporary file + rename, :mod:`tag2mask.io`), so a run killed at any point
-leaves only complete files. Per-image stages skip images whose output file already exists, which makes any
-stage resumable where it stopped; whole stages are skipped when the manifest says they finished with the same
-config hash.
+leaves only complete files. Per-image stages skip images whose output file already exists and was made from the
+image's inputs as they are now (:mod:`tag2mask.stages.inputs`), which makes any stage resumable where it stopped
+and makes results follow the data; a training stage is skipped when the manifest says it finished with the same
+hash, which covers its settings and the data it read (:func:`tag2mask.stages.inputs.data_fingerprint`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import datetime as _dt
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -240,13 +241,6 @@ def shard(items: Sequence[Any], rank: int = 0, world_size: int = 1) -> list[Any]
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} out of range for world size {world_size}")
     return list(items[rank::world_size])
-
-
-def pending(ids: Iterable[str], output_for: Callable[[str], Path]) -> Iterator[str]:
-    """The ids whose output file does not exist yet (finished items of an interrupted stage are skipped)."""
-    for item in ids:
-        if not output_for(item).exists():
-            yield item
 
 
 @dataclass

@@ -15,9 +15,13 @@ import numpy as np
 
 from tag2mask.config import Config, SeedTaskConfig
 from tag2mask.errors import DataError, Tag2MaskError
+from tag2mask.io import file_stamp
 from tag2mask.stages.cams import load_cam_file
 from tag2mask.stages.common import open_split, progress
-from tag2mask.stages.rundir import ItemsResult, pending, shard
+from tag2mask.stages.inputs import InputLedger
+from tag2mask.stages.rundir import ItemsResult, shard
+from tag2mask.stages.superpixels import superpixel_path
+from tag2mask.stages.superpixels import superpixels_dir as default_superpixels_dir
 from tag2mask.viz.palette import write_label_png
 
 SEEDS_OF_TASK = {"cls": "coarse", "seg": "fine"}
@@ -69,16 +73,21 @@ def run_seeds(
     ids = dataset.ids[:limit] if limit else dataset.ids
     if settings.method == "sams":
         if superpixels_dir is None:
-            from tag2mask.stages.superpixels import superpixels_dir as default_dir
-
-            superpixels_dir = default_dir(config, split)
+            superpixels_dir = default_superpixels_dir(config, split)
         from tag2mask.superpixels import Superpixels
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def output(image_id: str) -> Path:
         return out_dir / f"{image_id}.png"
 
-    todo = list(pending(shard(ids, rank, world_size), output))
+    def inputs(image_id: str) -> list:  # what the seed reads (tag2mask.stages.inputs)
+        read = [dataset.sample_stamp(image_id), file_stamp(Path(cams_dir) / f"{image_id}.npz")]
+        if settings.method == "sams":
+            read.append(file_stamp(f"{superpixel_path(superpixels_dir, image_id)}.json"))
+        return read
+
+    ledger = InputLedger(out_dir, inputs)
+    todo = ledger.pending(shard(ids, rank, world_size), output)
     t0 = time.perf_counter()
     for image_id in progress(todo, len(todo), f"seeds {SEEDS_OF_TASK[task]} {split}", show_progress and rank == 0):
         sample = dataset[image_id]
@@ -91,7 +100,7 @@ def run_seeds(
         size = size or image.shape[:2]
         superpixels = None
         if settings.method == "sams" and cam_file is not None:
-            stem = Path(superpixels_dir) / image_id
+            stem = superpixel_path(superpixels_dir, image_id)
             if not Path(str(stem) + ".json").is_file():
                 raise Tag2MaskError(
                     f"quasi-superpixels of {image_id} not found in {superpixels_dir}; run 'tag2mask superpixels' first"
@@ -102,5 +111,6 @@ def run_seeds(
         seed = seed_one(cam_file, size, settings, superpixels, image)
         output(image_id).parent.mkdir(parents=True, exist_ok=True)
         write_label_png(output(image_id), seed)
-    done = sum(output(i).exists() for i in ids)
+        ledger.record(image_id)
+    done = ledger.done(ids, output)
     return ItemsResult(out_dir, done, len(ids), len(todo), time.perf_counter() - t0)

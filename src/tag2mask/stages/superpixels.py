@@ -22,11 +22,12 @@ from pathlib import Path
 
 from tag2mask.config import RESULT_NEUTRAL_KEYS, Config, config_hash
 from tag2mask.errors import DataError, NotBuiltError
-from tag2mask.io import write_json
+from tag2mask.io import file_stamp, write_json
 from tag2mask.lock import holding
 from tag2mask.resume import remove_orphans
 from tag2mask.stages.common import cache_dir, log, open_split, progress, resolve_device
-from tag2mask.stages.rundir import ItemsResult, pending, shard
+from tag2mask.stages.inputs import InputLedger
+from tag2mask.stages.rundir import ItemsResult, shard
 
 
 def generator_params(config: Config) -> dict[str, object]:
@@ -151,19 +152,38 @@ def run_superpixels(
     def done_marker(image_id: str) -> Path:
         return Path(str(superpixel_path(folder, image_id)) + ".json")
 
-    todo = list(pending(shard(ids, rank, world_size), done_marker))
+    def inputs(image_id: str) -> list:  # what one image's superpixels are made from (tag2mask.stages.inputs)
+        read = [file_stamp(dataset[image_id].image_path)]
+        if source is not None:
+            read.append(annotation_stamp(source, image_id))
+        return read
+
+    ledger = InputLedger(folder, inputs)
+    todo = ledger.pending(shard(ids, rank, world_size), done_marker)
     t0 = time.perf_counter()
     if not todo:
-        return _compute(config, dataset, split, ids, todo, source, folder, done_marker, rank, show_progress, t0)
+        return _compute(config, dataset, split, ids, todo, source, folder, ledger, done_marker, rank, show_progress, t0)
     with holding(folder, "quasi-superpixel cache folder", shared=shared, rank=rank):
         if world_size == 1 and not shared:  # the sole writer: temporary files of a killed run can go
             remove_orphans(folder)
-        todo = list(pending(shard(ids, rank, world_size), done_marker))  # what is left now that we own it
-        return _compute(config, dataset, split, ids, todo, source, folder, done_marker, rank, show_progress, t0)
+        ledger = InputLedger(folder, inputs)
+        todo = ledger.pending(shard(ids, rank, world_size), done_marker)  # what is left now that we own it
+        return _compute(config, dataset, split, ids, todo, source, folder, ledger, done_marker, rank, show_progress, t0)
+
+
+def annotation_stamp(source: Path, image_id: str) -> list:
+    """The stamp of one image's imported annotations: its JSON file, or every file of its amg.py folder."""
+    from tag2mask.superpixels.io import find_sam_annotations
+
+    path = find_sam_annotations(source, image_id)
+    if path is None or path.is_file():
+        return file_stamp(path if path is not None else source / f"{image_id}.json")
+    return sorted(file_stamp(p) for p in path.iterdir() if p.is_file())
 
 
 def _compute(config: Config, dataset, split: str, ids: list[str], todo: list[str], source: Path | None,  # noqa: ANN001
-             folder: Path, done_marker, rank: int, show_progress: bool, t0: float) -> ItemsResult:  # noqa: ANN001
+             folder: Path, ledger: InputLedger, done_marker, rank: int, show_progress: bool,  # noqa: ANN001
+             t0: float) -> ItemsResult:
     skipped = 0
     if todo and source is None:
         generator = build_generator(config, resolve_device(config.runtime.device))
@@ -173,10 +193,12 @@ def _compute(config: Config, dataset, split: str, ids: list[str], todo: list[str
             stem = superpixel_path(folder, image_id)
             stem.parent.mkdir(parents=True, exist_ok=True)
             result.save(stem)
+            ledger.record(image_id)
     elif todo:
         key = superpixels_key(config, split, source)
-        todo, skipped = _import_all(config, dataset, todo, source, folder, key, split, show_progress and rank == 0)
-    done = sum(done_marker(i).exists() for i in ids)
+        todo, skipped = _import_all(config, dataset, todo, source, folder, key, split, ledger,
+                                    show_progress and rank == 0)
+    done = ledger.done(ids, done_marker)
     return ItemsResult(folder, done, len(ids), len(todo), time.perf_counter() - t0, skipped)
 
 
@@ -188,6 +210,7 @@ def _import_all(
     folder: Path,
     key: str,
     split: str,
+    ledger: InputLedger,
     show_progress: bool,
 ) -> tuple[list[str], int]:
     """Convert the annotations of ``todo`` from ``source`` into ``folder``; returns (imported ids, skipped)."""
@@ -224,6 +247,7 @@ def _import_all(
         stem = superpixel_path(folder, image_id)
         stem.parent.mkdir(parents=True, exist_ok=True)
         sp.save(stem)
+        ledger.record(image_id)
     if without_levels:
         log.info("superpixels import: %d of %d images have no 'level' in their annotations; their masks are all "
                  "taken as level 2 (whole)", without_levels, len(todo))

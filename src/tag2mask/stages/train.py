@@ -34,6 +34,28 @@ def check_batch_sizes(config: Config, n_images: int, tasks: tuple[str, ...] = ("
                           f"set at most {n_images}, e.g. {fix}")
 
 
+def train_stage_hash(config: Config, task: str, seeds_dir: Path | None = None, run_path: Path | None = None) -> str:
+    """The hash of ``task``'s prompt training: its settings (:func:`tag2mask.config.stage_hashes`) and the data it
+    reads (:func:`tag2mask.stages.inputs.data_fingerprint`): every image and its tags, and for the seg task the seed
+    PNGs of ``seeds_dir`` (default: the run's coarse seeds). A changed image, tag or seed trains again."""
+    from tag2mask.config import stage_hashes
+    from tag2mask.stages.inputs import data_fingerprint, with_data
+
+    dataset = open_split(config, config.data.train_split)
+    seeds = _seeds_used(config, task, seeds_dir, run_path)
+    files_of = (lambda item: [seeds / f"{item}.png"]) if seeds is not None else None
+    return with_data(stage_hashes(config)[f"train_{task}"], data_fingerprint(dataset, files_of))
+
+
+def _seeds_used(config: Config, task: str, seeds_dir: Path | None, run_path: Path | None) -> Path | None:
+    """The seed folder ``task``'s loss reads, or None (the cls task, and seg losses without pixel supervision)."""
+    if getattr(config.train, task).loss not in ("cal", "ce", "ce_manual", "ce_auto"):
+        return None
+    if seeds_dir is not None:
+        return Path(seeds_dir)
+    return Path(run_path) / "seeds_coarse" if run_path is not None and task == "seg" else None
+
+
 def run_train(
     config: Config,
     task: str,
@@ -57,14 +79,13 @@ def run_train(
     clip = load_clip(config.models.clip, device=device)
     learner = build_prompt_learner(clip, config, task, dataset.class_names).to(device)
     model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers)
-    if task == "seg" and seeds_dir is None:
-        seeds_dir = Path(run_path) / "seeds_coarse"
+    seeds_dir = _seeds_used(config, task, seeds_dir, run_path)
     log.info("train %s: %d images, %s loss, %d iterations, device %s, %d rank(s)", task, len(dataset), cfg.loss,
              cfg.max_iter, device, world)
     return train_prompts(
         model, dataset, cfg, out_dir,
         context_path=lambda it: context_path(run_path, task, it), config_hash=config_hash,
-        seeds_dir=seeds_dir if cfg.loss in ("cal", "ce", "ce_manual", "ce_auto") else None, device=device,
+        seeds_dir=seeds_dir, device=device,
         num_workers=config.runtime.num_workers, max_iter=max_iter, show_progress=show_progress and rank == 0,
         amp_dtype=config.runtime.amp_dtype,
     )

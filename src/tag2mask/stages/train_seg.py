@@ -31,6 +31,7 @@ from tag2mask.io import read_json, write_json, write_text
 from tag2mask.segmenters.base import Segmenter
 from tag2mask.segmenters.recipes import SegmenterRecipe, backbone_weight_name, load_recipe, total_iterations
 from tag2mask.stages.common import begin_shared_stage, end_shared_stage, join_process_group, log, open_split, resolve_device
+from tag2mask.stages.inputs import data_fingerprint, with_data
 from tag2mask.stages.rundir import RunDir
 
 STAGE2 = "stage2"
@@ -155,7 +156,7 @@ def run_train_seg(
 ) -> TrainSegResult:
     """Train ``net`` on the run's fine seeds (or ``labels_dir``); see the module doc.
 
-    A folder trained under another recipe (or other labels) is refused, naming the differences, unless
+    A folder trained under another recipe (or on other images, tags or labels) is refused, naming the differences, unless
     ``overwrite`` (then it is cleared) — choose another ``name`` to keep both.
     """
     from tag2mask.segmenters.loop import SeedTrainSet, train_segmenter
@@ -181,7 +182,8 @@ def run_train_seg(
     seeds = run.stage_record("seeds_fine")
     if labels_dir is None and seeds is not None:
         labels_id = f"seeds_fine:{seeds.config_hash}"
-    h = recipe_hash(recipe, labels_id)
+    # the images, their tags and every label PNG read: a changed one trains again (tag2mask.stages.inputs)
+    h = with_data(recipe_hash(recipe, labels_id), data_fingerprint(dataset, lambda item: [labels / f"{item}.png"]))
     stage = stage_name(name)
     if not overwrite:
         refuse_other_recipe(run.stage_dir(stage), h, recipe)
@@ -233,9 +235,10 @@ def refuse_other_recipe(folder: Path, new_hash: str, recipe: SegmenterRecipe) ->
         old = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8")) or {}
     new = recipe.to_dict()
     changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in NEUTRAL_KEYS and old.get(k) != v]
-    what = "; ".join(changed[:6]) if changed else "the training labels changed"
+    what = ("another recipe: " + "; ".join(changed[:6]) if changed else
+            "other training data: an image, a tag or a label PNG was replaced, added or removed since")
     raise Tag2MaskError(
-        f"{folder} holds a network trained with another recipe ({what}): pass --name NEW to train beside it, or "
+        f"{folder} holds a network trained with {what}: pass --name NEW to train beside it, or "
         "--overwrite to replace it (its checkpoints, predictions and refinements are deleted)"
     )
 
