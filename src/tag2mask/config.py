@@ -87,6 +87,10 @@ class SuperpixelsConfig:
     score_nms_offset: list[float] = field(default_factory=lambda: [0.0, 0.0, 1.0])
     stability_score_bias: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     hierarchy_recall_thresh: Union[float, None] = 0.3
+    # working size: an image whose longer side is larger is made into quasi-superpixels downscaled to this size
+    # (aspect kept; 0 = never); the seeds are then made at that size and enlarged to the image's. VOC and COCO
+    # images (at most 500 and 640 pixels) are never downscaled.
+    max_side: int = 1024
 
 
 @dataclass
@@ -165,6 +169,9 @@ class CamsConfig:
     softmax: Literal["reference", "clean"] = "reference"
     att_layers: int = 8
     save_att: bool = False
+    # working size: an image whose longer side is larger goes through CLIP downscaled to this size (aspect kept,
+    # then aligned; 0 = never), which bounds the patch grid and the attention matrix. VOC and COCO: never.
+    max_side: int = 1024
 
 
 @dataclass
@@ -565,6 +572,9 @@ def _check_ranges(config: Config) -> None:
              "pow, alpha_bg or no_bg (thresh needs a constant background score, which has no setting yet)",
              s.bg_method)
     need(config.cams.att_layers > 0, "cams.att_layers", "a positive integer", config.cams.att_layers)
+    for key in ("cams.max_side", "superpixels.max_side"):
+        value = _value_at(config, key)
+        need(value == 0 or value >= 64, key, "0 (never downscale) or at least 64 pixels", value)
     need(len(config.cams.scales) > 0 and all(_finite(v) and v > 0 for v in config.cams.scales), "cams.scales",
          "a non-empty list of positive numbers", config.cams.scales)
     powers = config.evaluate.argmax_bg_powers
@@ -636,9 +646,12 @@ def stage_hashes(config: Config) -> dict[str, str]:
 
 # Keys that never change results (memory, bookkeeping): left out of the stage hashes.
 RESULT_NEUTRAL_KEYS = frozenset({"resume_every", "points_per_batch"})
+# Keys that change only the images they apply to (``max_side``: images larger than it): left out of the stage hashes
+# and recorded, for those images only, in the stage folder's input ledger (:mod:`tag2mask.stages.inputs`).
+PER_IMAGE_KEYS = frozenset({"max_side"})
 
 
 def _drop_neutral(tree: Any) -> Any:
     if isinstance(tree, dict):
-        return {k: _drop_neutral(v) for k, v in tree.items() if k not in RESULT_NEUTRAL_KEYS}
+        return {k: _drop_neutral(v) for k, v in tree.items() if k not in RESULT_NEUTRAL_KEYS | PER_IMAGE_KEYS}
     return tree

@@ -278,6 +278,47 @@ def image_size(path: str | Path, what: str = "image") -> tuple[int, int]:
         raise DataError(f"{path}: cannot read {what} header ({type(e).__name__}: {e})") from e
 
 
+def working_size(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """``(height, width)`` scaled down so that the longer side is ``max_side`` (aspect kept, each side rounded, at
+    least 1); unchanged when it already fits or ``max_side`` is 0. How stages bound the work on very large photos."""
+    longest = max(height, width)
+    if max_side <= 0 or longest <= max_side:
+        return height, width
+    scale = max_side / longest
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def fit_image(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` (``H×W×3`` uint8) downscaled to :func:`working_size` with PIL bicubic (antialiased); the same
+    array when it already fits."""
+    h, w = image.shape[:2]
+    size = working_size(h, w, max_side)
+    if size == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BICUBIC))
+
+
+def resize_labels(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A label map (``h×w`` uint8) resized to ``size`` = ``(H, W)`` by nearest neighbour (PIL), e.g. a seed made at
+    the working size enlarged to its image's size."""
+    if tuple(label.shape) == tuple(size):
+        return label
+    return np.asarray(Image.fromarray(np.asarray(label, np.uint8)).resize((size[1], size[0]), Image.NEAREST))
+
+
+def capped_size(path: str | Path, max_side: int) -> list[int] | None:
+    """The working size of the image file at ``path`` when ``max_side`` downscales it (from its header), None when
+    it fits; ``[-1, -1]`` when the header cannot be read (the stage that reads the image says why)."""
+    if max_side <= 0:
+        return None
+    try:
+        w, h = image_size(path)
+    except DataError:
+        return [-1, -1]
+    size = working_size(h, w, max_side)
+    return list(size) if size != (h, w) else None
+
+
 def verify_image(path: str | Path) -> None:
     """PIL ``verify`` on the file (structure and checksums); DataError naming the file if it fails."""
     path = Path(path)

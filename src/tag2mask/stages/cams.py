@@ -2,7 +2,9 @@
 
 Per image (batch 1, float32, no autocast, single scale, no flip — SPEC §1.2): each side is resized up to the next
 multiple of ``cams.align`` (16) with PIL bicubic, normalised with CLIP's mean/std, and the ground-truth image
-labels choose the classes. The raw CAMs are refined by CAA when ``caa.<task>.enabled``. One ``.npz`` per image:
+labels choose the classes. An image whose longer side exceeds ``cams.max_side`` (default 1024; never a VOC or COCO
+image) is first downscaled to it, which bounds the patch grid and the attention matrix; ``size`` stays the
+image's own, and seeding resizes the CAM to whatever size it works at. The raw CAMs are refined by CAA when ``caa.<task>.enabled``. One ``.npz`` per image:
 
 * ``cam``      P×h×w float32, the CAM seeding reads (after CAA when enabled, else raw)
 * ``cam_raw``  P×h×w float32, the raw Softmax-GradCAM
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from tag2mask.config import Config
+from tag2mask.data.base import capped_size, fit_image
 from tag2mask.errors import DataError, NotBuiltError, Tag2MaskError
 from tag2mask.io import file_digest, file_stamp, load_npz, save_npz
 from tag2mask.stages.common import build_prompt_learner, log, open_split, progress, resolve_device
@@ -41,11 +44,13 @@ def aligned_size(height: int, width: int, align: int) -> tuple[int, int]:
     return math.ceil(height / align) * align, math.ceil(width / align) * align
 
 
-def prepare_image(image: np.ndarray, align: int = 16) -> Any:
-    """H×W×3 uint8 RGB → 1×3×H'×W' float32 tensor: bicubic resize to the aligned size, CLIP normalisation."""
+def prepare_image(image: np.ndarray, align: int = 16, max_side: int = 0) -> Any:
+    """H×W×3 uint8 RGB → 1×3×H'×W' float32 tensor: an image larger than ``max_side`` downscaled to it first
+    (:func:`~tag2mask.data.base.fit_image`; 0 = never), bicubic resize to the aligned size, CLIP normalisation."""
     import torch
     from PIL import Image
 
+    image = fit_image(image, max_side)
     h, w = image.shape[:2]
     ah, aw = aligned_size(h, w, align)
     if (ah, aw) != (h, w):
@@ -71,7 +76,7 @@ def cam_one(model: Any, image: np.ndarray, fg_cls: np.ndarray, config: Config, t
     """The arrays of one image's CAM file."""
     import torch
 
-    x = prepare_image(image, config.cams.align).to(device)
+    x = prepare_image(image, config.cams.align, config.cams.max_side).to(device)
     labels = torch.zeros(1, model.num_fg, device=device)
     labels[0, torch.as_tensor(fg_cls, device=device)] = 1.0
     caa_on = getattr(config.caa, task).enabled
@@ -130,7 +135,7 @@ def run_cams(
     def output(image_id: str) -> Path:
         return out_dir / f"{image_id}.npz"
 
-    ledger = InputLedger(out_dir, _inputs(dataset, context, external))
+    ledger = InputLedger(out_dir, _inputs(dataset, context, external, config.cams.max_side))
     todo = ledger.pending(shard(ids, rank, world_size), output)
     t0 = time.perf_counter()
     if todo:
@@ -147,13 +152,20 @@ def run_cams(
     return ItemsResult(out_dir, done, len(ids), len(todo), time.perf_counter() - t0)
 
 
-def _inputs(dataset: Any, context: Path | None, external: Path | None):  # -> Callable[[str], list]
+def _inputs(dataset: Any, context: Path | None, external: Path | None, max_side: int):  # -> Callable[[str], list]
     """What one image's CAM file is made from (:mod:`tag2mask.stages.inputs`): the image and its tags, and the
-    content of the prompt weights, or the imported file."""
+    content of the prompt weights and the working size (for an image larger than ``max_side``), or the imported
+    file."""
     if external is not None:
         return lambda image_id: [dataset.sample_stamp(image_id), file_stamp(Path(external) / f"{image_id}.npz")]
     weights = file_digest(context) if context is not None and Path(context).is_file() else None
-    return lambda image_id: [dataset.sample_stamp(image_id), weights]
+
+    def inputs(image_id: str) -> list:
+        read = [dataset.sample_stamp(image_id), weights]
+        working = capped_size(dataset[image_id].image_path, max_side)  # for an image larger than cams.max_side
+        return read if working is None else [*read, working]
+
+    return inputs
 
 
 def _computer(config: Config, task: str, dataset: Any, context: Path | None):

@@ -1,7 +1,9 @@
 """The ``seeds`` stage: seeds from saved CAMs, by SAMS on the quasi-superpixels, plain argmax, or dense CRF.
 
 Reads ``<cams>/<id>.npz`` (see :mod:`tag2mask.stages.cams`) and, for SAMS, the split's cached quasi-superpixels;
-writes ``<out>/<id>.png`` (palette PNG, 0 background, ``c+1`` class ``c``) for every image of the split. An image
+writes ``<out>/<id>.png`` (palette PNG, 0 background, ``c+1`` class ``c``) for every image of the split, at the
+image's size (SAMS works at the superpixels' size, the working size of a photo larger than
+``superpixels.max_side``, and its seed is enlarged by nearest neighbour). An image
 without a CAM file (no positive label) gets an all-background seed. Resumable and shardable like every stage.
 """
 
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from tag2mask.config import Config, SeedTaskConfig
+from tag2mask.data.base import resize_labels, working_size
 from tag2mask.errors import DataError, Tag2MaskError
 from tag2mask.io import file_stamp
 from tag2mask.stages.cams import load_cam_file
@@ -106,9 +109,15 @@ def run_seeds(
                     f"quasi-superpixels of {image_id} not found in {superpixels_dir}; run 'tag2mask superpixels' first"
                 )
             superpixels = Superpixels.load(stem)
-            if tuple(superpixels.size) != size:
-                raise DataError(f"{stem}.json: superpixels are {superpixels.size}, the image is {size}")
-        seed = seed_one(cam_file, size, settings, superpixels, image)
+            working = working_size(*size, config.superpixels.max_side)
+            if tuple(superpixels.size) not in (size, working):
+                raise DataError(f"{stem}.json: superpixels are {tuple(superpixels.size)}, the image is {size} "
+                                f"(working size {working} with superpixels.max_side={config.superpixels.max_side}); "
+                                "make them again with 'tag2mask superpixels'")
+        # SAMS works at the superpixels' size (the working size of a large photo), then the seed gets the image's
+        seed = seed_one(cam_file, tuple(superpixels.size) if superpixels is not None else size, settings, superpixels,
+                        image)
+        seed = resize_labels(seed, size)
         output(image_id).parent.mkdir(parents=True, exist_ok=True)
         write_label_png(output(image_id), seed)
         ledger.record(image_id)

@@ -49,7 +49,7 @@ class SegmentResult:
 def segment_image(config: Config, run_path: Path, image_path: Path, classes: str, out_dir: Path) -> SegmentResult:
     """Segment the classes named in ``classes`` in the image at ``image_path``; write ``<stem>.png`` and overlay."""
     from tag2mask.cam import GradCAMClip
-    from tag2mask.data.base import read_rgb
+    from tag2mask.data.base import fit_image, read_rgb, resize_labels
     from tag2mask.models.clip import load_clip
     from tag2mask.seeding import sams_seed
     from tag2mask.stages.cams import cam_one
@@ -69,11 +69,13 @@ def segment_image(config: Config, run_path: Path, image_path: Path, classes: str
     learner.load_context(ctx)
     model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers)
     arrays = cam_one(model, image, np.asarray(fg_cls, np.int64), config, "seg", device)
-    superpixels = build_generator(config, device).generate(image)
+    # a photo larger than superpixels.max_side is segmented at that working size, the mask then enlarged
+    superpixels = build_generator(config, device).generate(fit_image(image, config.superpixels.max_side))
     s = config.seeds.fine
     seed = np.asarray(sams_seed(arrays["cam"], arrays["fg_cls"], superpixels, None, s.bg_power,
                                 norm_first=s.norm_first, gather=s.gather, bg_method=s.bg_method,
                                 uncovered=s.uncovered))
+    seed = resize_labels(seed, image.shape[:2])
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(image_path).stem
     mask_path, overlay_path = out_dir / f"{stem}.png", out_dir / f"{stem}_overlay.png"

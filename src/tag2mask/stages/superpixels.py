@@ -5,6 +5,9 @@ the dataset root, the split, the SAM model and every generator parameter, so run
 masks (App. B: computed once, reused). Each image gives ``<id>.npz`` + ``<id>.json`` (see
 :class:`tag2mask.superpixels.Superpixels`); the JSON is written last, so an image counts as done when it exists.
 Interrupted runs resume where they stopped; workers split the images by ``--shard i/n`` or torchrun's ranks.
+An image whose longer side exceeds ``superpixels.max_side`` is made into quasi-superpixels downscaled to that size
+(:func:`tag2mask.data.base.working_size`), so a 6000×4000 photo costs what a 1024×683 one does; the seeds stage
+then works at that size and enlarges the seed to the image's.
 
 With ``import_dir`` (``tag2mask superpixels --import DIR``) no SAM runs: each image's SAM-style annotations made
 by another tool (``DIR/<id>.json``, or the ``DIR/<id>/`` PNG folder of segment_anything's ``scripts/amg.py``; format
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 from tag2mask.config import RESULT_NEUTRAL_KEYS, Config, config_hash
+from tag2mask.data.base import capped_size, fit_image
 from tag2mask.errors import DataError, NotBuiltError
 from tag2mask.io import file_stamp, write_json
 from tag2mask.lock import holding
@@ -153,9 +157,14 @@ def run_superpixels(
         return Path(str(superpixel_path(folder, image_id)) + ".json")
 
     def inputs(image_id: str) -> list:  # what one image's superpixels are made from (tag2mask.stages.inputs)
-        read = [file_stamp(dataset[image_id].image_path)]
+        path = dataset[image_id].image_path
+        read = [file_stamp(path)]
         if source is not None:
             read.append(annotation_stamp(source, image_id))
+        else:  # the working size, for an image larger than superpixels.max_side
+            working = capped_size(path, config.superpixels.max_side)
+            if working is not None:
+                read.append(working)
         return read
 
     ledger = InputLedger(folder, inputs)
@@ -189,7 +198,7 @@ def _compute(config: Config, dataset, split: str, ids: list[str], todo: list[str
         generator = build_generator(config, resolve_device(config.runtime.device))
         log.info("superpixels: %d of %d images to compute in %s", len(todo), len(ids), folder)
         for image_id in progress(todo, len(todo), f"superpixels {split}", show_progress and rank == 0):
-            result = generator.generate(dataset.load_image(image_id))
+            result = generator.generate(fit_image(dataset.load_image(image_id), config.superpixels.max_side))
             stem = superpixel_path(folder, image_id)
             stem.parent.mkdir(parents=True, exist_ok=True)
             result.save(stem)
