@@ -50,6 +50,31 @@ def test_aligned_size_rounds_each_side_up() -> None:
     assert float(x[0, 0, 0, 0]) == pytest.approx(-0.48145466 / 0.26862954, rel=1e-6)
 
 
+def test_text_features_encoded_once_give_the_same_cams(env: dict) -> None:
+    import torch
+
+    from tag2mask.cam import GradCAMClip
+    from tag2mask.models.clip import load_clip
+    from tag2mask.stages.cams import cam_one
+
+    config = env["config"]
+    ds = open_dataset("synthetic", env["root"], "train")
+    clip = load_clip(env["base"] / "tiny_clip.pt")
+    learner = build_prompt_learner(clip, config, "cls", ds.class_names)
+    with torch.no_grad():
+        learner.ctx.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))  # any trained-looking context
+    model = GradCAMClip(clip, learner).eval()
+    with torch.no_grad():
+        features = model.text_features()
+    assert not features.requires_grad
+    for image_id in ds.ids[:2]:
+        fg = np.asarray(ds[image_id].labels, np.int64)
+        each = cam_one(model, ds.load_image(image_id), fg, config, "cls", "cpu")
+        once = cam_one(model, ds.load_image(image_id), fg, config, "cls", "cpu", features)
+        for key in ("cam_raw", "cam", "logits"):
+            np.testing.assert_allclose(once[key], each[key], rtol=1e-6, atol=1e-7)
+
+
 def test_cams_stage_writes_refined_and_raw_cams(env: dict, capsys: pytest.CaptureFixture[str]) -> None:
     from tag2mask.cam import caa_refine
 

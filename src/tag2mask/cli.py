@@ -751,15 +751,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"tag2mask {args.command}: interrupted; finished work is kept, run the same command to resume",
                      130)
     except (OSError, MemoryError) as e:
-        import os
-
-        if getattr(args, "debug", False) or os.environ.get("TAG2MASK_DEBUG", "") not in ("", "0"):
+        if getattr(args, "debug", False) or _debug_env():
             _cleanup_after_failure()
             raise
         return _fail(f"tag2mask {args.command}: error: {system_error_message(e)} (--debug shows the traceback)", 2)
-    except BaseException:
+    except BaseException as e:
+        message = distributed_failure_message(e)
+        if message is not None and not (getattr(args, "debug", False) or _debug_env()):
+            return _fail(f"tag2mask {args.command}: error: {message}", 1)
         _cleanup_after_failure()
         raise
+
+
+def _debug_env() -> bool:
+    import os
+
+    return os.environ.get("TAG2MASK_DEBUG", "") not in ("", "0")
+
+
+def distributed_failure_message(e: BaseException) -> str | None:
+    """One line naming this rank when ``e`` is a failed or timed-out collective under torchrun, else None."""
+    dist_module = sys.modules.get("torch.distributed")
+    if dist_module is None or not dist_module.is_available() or not dist_module.is_initialized():
+        return None
+    text = str(e)
+    dist_error = getattr(dist_module, "DistError", ())
+    if not (isinstance(e, dist_error) or (isinstance(e, RuntimeError) and any(
+            k in text.lower() for k in ("timed out", "timeout", "connection closed", "connection reset")))):
+        return None
+    rank, world = dist_module.get_rank(), dist_module.get_world_size()
+    first = text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
+    return (f"rank {rank} of {world}: a collective failed ({first}); another rank stopped (its own error is above) "
+            "or hangs longer than runtime.process_group_timeout allows. Finished work is kept: fix that rank's "
+            "problem and run the same command again")
 
 
 def system_error_message(e: BaseException) -> str:

@@ -229,6 +229,12 @@ class RuntimeConfig:
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"
     """The half-precision type of mixed precision (``train.*.amp`` on CUDA); bfloat16 needs no loss scaling and
     falls back to float16 (with a GradScaler) on GPUs without it."""
+    process_group_timeout: int = 1800
+    deterministic: bool = False
+    """``torch.use_deterministic_algorithms`` (warn-only) and no cuDNN autotuning: CUDA results repeat bit for bit
+    where torch has deterministic kernels (e.g. ``index_add_``), at some speed; CPU results repeat anyway."""
+    """Seconds a rank waits in a collective under torchrun before it stops with an error naming itself (instead of
+    hanging for ever when another rank died or hangs)."""
 
 
 @dataclass
@@ -580,6 +586,8 @@ def _check_ranges(config: Config) -> None:
     powers = config.evaluate.argmax_bg_powers
     need(len(powers) > 0 and all(_finite(v) and v >= 0 for v in powers), "evaluate.argmax_bg_powers",
          "a non-empty list of finite numbers >= 0", powers)
+    need(config.runtime.process_group_timeout > 0, "runtime.process_group_timeout", "a positive number of seconds",
+         config.runtime.process_group_timeout)
     need(config.runtime.num_workers >= 0, "runtime.num_workers", "an integer >= 0", config.runtime.num_workers)
     need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.runtime.device) is not None, "runtime.device",
          "auto, cpu, cuda, cuda:N or mps", config.runtime.device)

@@ -85,6 +85,7 @@ class GradCAMClip(nn.Module):
         create_graph: bool = False,
         need_attention: bool = False,
         compute_cam: bool = True,
+        text_features: torch.Tensor | None = None,
     ) -> CamOutput:
         """Logits, masked softmax and the CAM of every positive pair.
 
@@ -94,13 +95,16 @@ class GradCAMClip(nn.Module):
             create_graph: keep the gradient differentiable (training through the CAM, SPEC §3 step 4).
             need_attention: also return the merged attention of the last ``att_layers`` blocks.
             compute_cam: ``False`` skips the gradient computation (e.g. classification-only training).
+            text_features: G×E features of the prompts computed once (:meth:`text_features` under ``no_grad``),
+                for inference over many images with fixed prompts; default: encode them now (training).
         """
         if fg_labels.shape != (images.shape[0], self.num_fg):
             raise ValueError(f"fg_labels must be {images.shape[0]}×{self.num_fg}, got {tuple(fg_labels.shape)}")
         with torch.enable_grad():
             with torch.set_grad_enabled(compute_cam):  # without CAMs the frozen image side needs no graph
                 vision = vit_forward(self.clip.visual, images, need_attention=need_attention)
-            text_features = self.text_features()  # under autocast when the caller uses mixed precision
+            if text_features is None:
+                text_features = self.text_features()  # under autocast when the caller uses mixed precision
             # logits, softmax and the CAM gradient in float32 (a no-op without autocast)
             with torch.autocast(images.device.type, enabled=False):
                 image_features = F.normalize(upcast(vision.embedding), dim=-1)

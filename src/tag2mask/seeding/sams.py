@@ -36,8 +36,8 @@ stack with ``levels`` (the index is then built on the fly by :func:`precompute_s
 so every path runs the same arithmetic and gives identical results.
 
 Numerics: the CAM is resized with its channels as a batch of one-channel images (see :func:`_resize`: the result
-then does not depend on the number of torch threads). The per-superpixel sums are accumulated in float64 and the
-means cast back to the CAM's floating dtype (float32 in the pipeline, Appendix C); everything after that (min-max,
+then does not depend on the number of torch threads). The per-superpixel sums are accumulated in float64 (float32 on
+Apple MPS, which has no float64: :func:`accumulation_dtype`) and the means cast back to the CAM's floating dtype (float32 in the pipeline, Appendix C); everything after that (min-max,
 background power, argmax, sort) runs in the CAM's dtype as the reference does. The reference sums in float32 with
 a summation order that depends on the torch build and the CPU's vector width, so its scores are only reproducible
 to within a few float32 ulps; our means are the (nearly always) correctly rounded float32 values. Seeds, labels
@@ -355,7 +355,7 @@ class _Atoms:
 
     shape: tuple[int, int]
     levels: torch.Tensor  # (S,) int64
-    membership_f64: torch.Tensor  # (A, S) float64, for the per-mask sums
+    membership_acc: torch.Tensor  # (A, S) in the accumulation dtype (float64; float32 on MPS), for the per-mask sums
     membership_i64: torch.Tensor  # (A, S) int64, for painting
     mask_areas: torch.Tensor  # (S,) int64
     empty_mask: int  # index of the first empty mask, -1 if none
@@ -369,7 +369,7 @@ class _Atoms:
 
     @property
     def num_atoms(self) -> int:
-        return int(self.membership_f64.shape[0])
+        return int(self.membership_acc.shape[0])
 
 
 # On the CPU, sum and paint through the atom map's runs with numpy (faster); False selects the generic torch form
@@ -390,7 +390,7 @@ def _atoms_on(index: SeedingIndex, device: torch.device) -> _Atoms:
     common = dict(
         shape=index.shape,
         levels=_as_tensor(index.levels, device),
-        membership_f64=membership.to(torch.float64),
+        membership_acc=membership.to(accumulation_dtype(membership.device)),
         membership_i64=membership.to(torch.int64),
         mask_areas=torch.from_numpy(areas).to(device),
         empty_mask=int(empty[0]) if empty.size else -1,
@@ -518,19 +518,25 @@ class _Core:
     lut: torch.Tensor  # (1+P,)
 
 
+def accumulation_dtype(device: torch.device) -> torch.dtype:
+    """The dtype per-superpixel sums accumulate in: float64, except on devices without it (Apple MPS: float32)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def _gather(
     values: torch.Tensor, atoms: _Atoms, how: str, clamp: bool = False, clamp_inplace: bool = False
 ) -> torch.Tensor:
     """Per-superpixel mean (or sum) of ``values`` (``C×HW``) → ``C×S`` in ``values``' dtype.
 
-    Accumulated in float64: per-atom sums, then ``@ membership``, then ``/ area``, then cast back. On the CPU the
+    Accumulated in float64 (float32 on MPS): per-atom sums, then ``@ membership``, then ``/ area``, then cast back. On the CPU the
     per-atom sums are sums over the raster-order runs of the atom map (``np.add.reduceat``, sequential within a
     run) added up per atom; elsewhere one ``index_add`` over the pixels. ``clamp=True`` clamps the values at 0
     first (exact, so the same before or after the cast); ``clamp_inplace=True`` allows clamping ``values``
     itself (a buffer the caller owns and no longer needs unclamped), which saves a pass and a copy.
     """
     c, out_dtype = values.shape[0], values.dtype
-    acc = torch.zeros((c, atoms.num_atoms), dtype=torch.float64, device=values.device)
+    wide = accumulation_dtype(values.device)
+    acc = torch.zeros((c, atoms.num_atoms), dtype=wide, device=values.device)
     if atoms.run_starts is not None and not values.requires_grad:
         if clamp:  # exact in any floating dtype, so done before the (exact) widening to float64
             values = values.clamp_(min=0) if clamp_inplace else values.clamp(min=0)
@@ -540,14 +546,14 @@ def _gather(
             run_sums = np.add.reduceat(values.numpy(), atoms.run_starts, axis=1, dtype=np.float64)
             acc.index_add_(1, atoms.run_atom, torch.from_numpy(run_sums))
     else:
-        v = values.to(torch.float64)
+        v = values.to(wide)
         if clamp:
             v = v.clamp_(min=0) if v is not values else v.clamp(min=0)
         if atoms.atom_map_flat is not None:
             acc.index_add_(1, atoms.atom_map_flat, v)
         else:  # a CPU index used with a tensor that needs grad: the differentiable form
             acc.index_add_(1, _as_tensor(atoms.atom_map_np.reshape(-1)).to(torch.int64), v)
-    sums = acc @ atoms.membership_f64
+    sums = acc @ atoms.membership_acc
     if how == "mean":
         sums = sums / atoms.mask_areas
     return sums.to(out_dtype)

@@ -315,8 +315,7 @@ def train_segmenter(
         if device.startswith("cuda"):
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         net = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[torch.device(device).index] if device.startswith("cuda") else None,
-            find_unused_parameters=recipe.net == "mask2former")
+            net, device_ids=_ddp_device_ids(device), find_unused_parameters=recipe.net == "mask2former")
 
     from tqdm import tqdm
 
@@ -391,3 +390,12 @@ def train_segmenter(
             dist.barrier()
         return SegTrainResult(stop, start, time.perf_counter() - t0, final, last, val_rows)
     return SegTrainResult(stop, start, time.perf_counter() - t0, None, last, val_rows)
+
+
+def _ddp_device_ids(device: str) -> list[int] | None:
+    """DistributedDataParallel's ``device_ids``: this process's GPU (``cuda:N``, or the current one for a bare
+    ``cuda``, e.g. when a launcher sets no LOCAL_RANK), None on the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    index = torch.device(device).index
+    return [index if index is not None else torch.cuda.current_device()]

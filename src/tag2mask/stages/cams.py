@@ -31,7 +31,7 @@ from tag2mask.config import Config
 from tag2mask.data.base import capped_size, fit_image
 from tag2mask.errors import DataError, NotBuiltError, Tag2MaskError
 from tag2mask.io import file_digest, file_stamp, load_npz, save_npz
-from tag2mask.stages.common import build_prompt_learner, log, open_split, progress, resolve_device
+from tag2mask.stages.common import build_prompt_learner, log, open_split, progress, runtime_device
 from tag2mask.stages.inputs import InputLedger
 from tag2mask.stages.rundir import ItemsResult, shard
 
@@ -72,8 +72,10 @@ def refine(cam: np.ndarray, att: np.ndarray, config: Config, task: str) -> np.nd
     )
 
 
-def cam_one(model: Any, image: np.ndarray, fg_cls: np.ndarray, config: Config, task: str, device: str) -> dict:
-    """The arrays of one image's CAM file."""
+def cam_one(model: Any, image: np.ndarray, fg_cls: np.ndarray, config: Config, task: str, device: str,
+            text_features: Any = None) -> dict:
+    """The arrays of one image's CAM file (``text_features``: the prompts' features computed once for a stage,
+    see :meth:`~tag2mask.cam.GradCAMClip.forward`; default: encoded for this image)."""
     import torch
 
     x = prepare_image(image, config.cams.align, config.cams.max_side).to(device)
@@ -81,7 +83,7 @@ def cam_one(model: Any, image: np.ndarray, fg_cls: np.ndarray, config: Config, t
     labels[0, torch.as_tensor(fg_cls, device=device)] = 1.0
     caa_on = getattr(config.caa, task).enabled
     need_att = caa_on or config.cams.save_att
-    out = model(x, labels, need_attention=need_att)
+    out = model(x, labels, need_attention=need_att, text_features=text_features)
     raw = out.cam.detach().float().cpu().numpy()
     arrays: dict[str, Any] = {
         "cam_raw": raw,
@@ -169,6 +171,8 @@ def _inputs(dataset: Any, context: Path | None, external: Path | None, max_side:
 
 
 def _computer(config: Config, task: str, dataset: Any, context: Path | None):
+    import torch
+
     from tag2mask.cam import GradCAMClip
     from tag2mask.models.clip import load_clip
 
@@ -177,16 +181,18 @@ def _computer(config: Config, task: str, dataset: Any, context: Path | None):
             f"prompt weights for the {task} task not found ({context}); train them with "
             f"'tag2mask train --task {task} --run RUN' or pass --weights FILE"
         )
-    device = resolve_device(config.runtime.device)
+    device = runtime_device(config)
     clip = load_clip(config.models.clip, device=device)
     learner = build_prompt_learner(clip, config, task, dataset.class_names).to(device)
     learner.load_context(context)
     model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers).eval()
     log.info("cams: %s task, prompt weights %s, device %s", task, context, device)
+    with torch.no_grad():  # the prompts are fixed here: their text features are the same for every image
+        text_features = model.text_features()
 
     def step(image_id: str) -> dict:
         fg = np.asarray(dataset[image_id].labels, np.int64)
-        return cam_one(model, dataset.load_image(image_id), fg, config, task, device)
+        return cam_one(model, dataset.load_image(image_id), fg, config, task, device, text_features)
 
     return step
 

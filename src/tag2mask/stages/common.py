@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from collections.abc import Sequence
@@ -51,6 +52,19 @@ def check_data(config: Config, dataset: SegDataset) -> SegDataset:
 def cache_dir(config: Config) -> Path:
     """``runtime.cache_dir`` if set, else ``$TAG2MASK_CACHE``, else ``~/.cache/tag2mask``."""
     return Path(config.runtime.cache_dir).expanduser() if config.runtime.cache_dir else default_cache_dir()
+
+
+def runtime_device(config: Config) -> str:
+    """The device of ``config.runtime.device`` (:func:`resolve_device`), with ``runtime.deterministic`` applied:
+    deterministic algorithms (warn-only, so an operation without a deterministic kernel warns instead of failing)
+    and no cuDNN autotuning."""
+    if config.runtime.deterministic:
+        import torch
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for repeatable results
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    return resolve_device(config.runtime.device)
 
 
 def resolve_device(name: str = "auto") -> str:
@@ -142,17 +156,19 @@ def context_path(run_path: Path, task: str, checkpoint: int | str = "final") -> 
 
 
 def join_process_group(config: Config) -> tuple[int, int]:
-    """Under torchrun, join the process group (NCCL on GPUs, Gloo on CPUs); returns ``(rank, world_size)``."""
+    """Under torchrun, join the process group (NCCL on GPUs, Gloo on CPUs) with ``runtime.process_group_timeout``;
+    returns ``(rank, world_size)``."""
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not dist.is_initialized():
-        device = resolve_device(config.runtime.device)
+        device = runtime_device(config)
         if device.startswith("cuda"):
             import torch
 
             torch.cuda.set_device(torch.device(device))  # NCCL's collectives then use this process's own GPU
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        timeout = datetime.timedelta(seconds=config.runtime.process_group_timeout)  # a hang becomes an error
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", timeout=timeout)
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 

@@ -27,7 +27,7 @@ from tag2mask.stages.common import (
     context_path,
     join_process_group,
     open_split,
-    resolve_device,
+    runtime_device,
 )
 from tag2mask.stages.rundir import RunDir
 
@@ -53,7 +53,7 @@ def run_pipeline(
     """Run (or resume) every stage of the pipeline in ``run_dir``; returns per-stage times and the metrics.
 
     The run directory is locked for the whole call (:mod:`tag2mask.lock`): a second command on it stops at once."""
-    device = resolve_device(config.runtime.device)
+    device = runtime_device(config)
     rank, world = join_process_group(config)
     skipped = preflight(config, limit=limit)  # before the run folder is made: bad settings leave nothing behind
     with holding(run_dir, "run directory", rank=rank):

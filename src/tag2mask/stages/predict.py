@@ -22,7 +22,7 @@ from tag2mask.errors import Tag2MaskError
 from tag2mask.io import file_stamp, read_json, write_json
 from tag2mask.segmenters.predictions import keep_classes, prediction_labels, present_classes, save_prediction
 from tag2mask.segmenters.recipes import recipe_from_dict
-from tag2mask.stages.common import open_split, progress, resolve_device
+from tag2mask.stages.common import open_split, progress, runtime_device
 from tag2mask.stages.inputs import InputLedger
 from tag2mask.stages.rundir import ItemsResult, shard
 from tag2mask.stages.train_seg import build_segmenter, read_model_info
@@ -102,7 +102,7 @@ def run_predict(
     if ["background", *dataset.class_names] != list(info["class_names"]):
         raise Tag2MaskError(f"the network in {checkpoint.folder} was trained on other classes than {split!r} of "
                             f"{config.data.root} has")
-    device = resolve_device(config.runtime.device)
+    device = runtime_device(config)
     model = load_segmenter(checkpoint, device)
     out = Path(out_dir) if out_dir is not None else default_output(checkpoint, split)
     out.mkdir(parents=True, exist_ok=True)

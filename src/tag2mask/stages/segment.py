@@ -16,7 +16,7 @@ from PIL import Image
 from tag2mask.config import Config
 from tag2mask.errors import Tag2MaskError
 from tag2mask.io import atomic_write
-from tag2mask.stages.common import build_prompt_learner, clip_fit_warning, context_path, resolve_device
+from tag2mask.stages.common import build_prompt_learner, clip_fit_warning, context_path, runtime_device
 from tag2mask.viz.figures import overlay
 from tag2mask.viz.palette import write_label_png
 
@@ -63,7 +63,7 @@ def segment_image(config: Config, run_path: Path, image_path: Path, classes: str
         raise Tag2MaskError(f"the run has no trained segmentation-task prompts ({ctx}); finish 'tag2mask run' first")
     image = read_rgb(image_path)
     warning = clip_fit_warning(config, class_names, image=Path(image_path))
-    device = resolve_device(config.runtime.device)
+    device = runtime_device(config)
     clip = load_clip(config.models.clip, device=device)
     learner = build_prompt_learner(clip, config, "seg", class_names).to(device)
     learner.load_context(ctx)

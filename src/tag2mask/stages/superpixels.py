@@ -29,7 +29,7 @@ from tag2mask.errors import DataError, NotBuiltError
 from tag2mask.io import file_stamp, write_json
 from tag2mask.lock import holding
 from tag2mask.resume import remove_orphans
-from tag2mask.stages.common import cache_dir, log, open_split, progress, resolve_device
+from tag2mask.stages.common import cache_dir, log, open_split, progress, runtime_device
 from tag2mask.stages.inputs import InputLedger
 from tag2mask.stages.rundir import ItemsResult, shard
 
@@ -195,7 +195,7 @@ def _compute(config: Config, dataset, split: str, ids: list[str], todo: list[str
              t0: float) -> ItemsResult:
     skipped = 0
     if todo and source is None:
-        generator = build_generator(config, resolve_device(config.runtime.device))
+        generator = build_generator(config, runtime_device(config))
         log.info("superpixels: %d of %d images to compute in %s", len(todo), len(ids), folder)
         for image_id in progress(todo, len(todo), f"superpixels {split}", show_progress and rank == 0):
             result = generator.generate(fit_image(dataset.load_image(image_id), config.superpixels.max_side))

@@ -17,7 +17,7 @@ from tag2mask.stages.common import (
     join_process_group,
     log,
     open_split,
-    resolve_device,
+    runtime_device,
 )
 from tag2mask.train.loop import TrainResult, train_prompts
 
@@ -72,7 +72,7 @@ def run_train(
     from tag2mask.models.clip import load_clip
 
     cfg = getattr(config.train, task)
-    device = resolve_device(config.runtime.device)
+    device = runtime_device(config)
     rank, world = join_process_group(config)
     dataset = open_split(config, config.data.train_split)
     check_batch_sizes(config, len(dataset), (task,))

@@ -30,7 +30,7 @@ from tag2mask.errors import ConfigError, DataError, Tag2MaskError
 from tag2mask.io import read_json, write_json, write_text
 from tag2mask.segmenters.base import Segmenter
 from tag2mask.segmenters.recipes import SegmenterRecipe, backbone_weight_name, load_recipe, total_iterations
-from tag2mask.stages.common import begin_shared_stage, end_shared_stage, join_process_group, log, open_split, resolve_device
+from tag2mask.stages.common import begin_shared_stage, end_shared_stage, join_process_group, log, open_split, runtime_device
 from tag2mask.stages.inputs import data_fingerprint, with_data
 from tag2mask.stages.rundir import RunDir
 
@@ -170,7 +170,7 @@ def run_train_seg(
     labels = Path(labels_dir) if labels_dir is not None else run.stage_dir("seeds_fine")
     dataset = open_split(config, config.data.train_split)
     check_labels(dataset, labels)
-    device = resolve_device(config.runtime.device)
+    device = runtime_device(config)
     rank, world = join_process_group(config)
     num_classes = 1 + dataset.num_classes
     if recipe.batch_size > len(dataset):

@@ -173,14 +173,15 @@ class QuasiSuperpixelGenerator(SamAutomaticMaskGenerator):
         keep_by_nms = batched_nms(
             data["boxes"].float(),
             data["iou_nms_scores"],
-            torch.zeros(len(data["boxes"])),  # categories
+            torch.zeros(len(data["boxes"]), device=data["boxes"].device),  # categories, beside the boxes
             iou_threshold=self.box_nms_thresh,
         )
         data.filter(keep_by_nms)
 
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
-        data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))])
+        # N×4 even when N = 0 (upstream's 1-D empty tensor breaks its crop merge when a crop keeps no mask)
+        data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))], dtype=torch.int64).reshape(-1, 4)
         return data
 
     def _process_batch(

@@ -130,6 +130,20 @@ def loss_and_weight(
     return loss, weight, {loss_type: float(loss.detach())}
 
 
+def _all_reduce_gradients(params: list[nn.Parameter]) -> None:
+    """Sum every parameter's gradient over the ranks, with the same collectives on every rank whatever its data:
+    a rank whose sub-batches had nothing to learn from (no positive pair: its gradients are None) sends zeros.
+    A parameter no rank has a gradient for keeps ``grad = None``, as in one process (the optimiser skips it)."""
+    had = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    dist.all_reduce(had)
+    for p, any_rank in zip(params, had.tolist()):
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        if any_rank == 0:
+            p.grad = None
+
+
 # -- state -------------------------------------------------------------------------------------------------------
 
 
@@ -283,9 +297,7 @@ def train_prompts(
             for k, v in parts.items():
                 logs[k] = logs.get(k, 0.0) + v / cfg.sub_iter
         if world > 1:
-            for p in params:
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
+            _all_reduce_gradients(params)
             t_total = torch.tensor([total], dtype=torch.float64, device=device)
             dist.all_reduce(t_total)
             total = float(t_total)
