@@ -5,7 +5,15 @@ per class by an elementwise product, matmul — and (b) ``tag2mask.cam.caa_refin
 (attention = row-softmax of random logits), checks both give the same output, and prints median times and the
 ratio baseline/ours.
 
-Usage: ``python benchmarks/cams.py [--h 24 --w 32 --classes 3 --repeats 50]``
+Then, with ``--inference`` (the default; ``--no-inference`` skips it), CAM inference on a random full-size CLIP
+ViT-B/16 (OpenAI architecture) at 500×375 with the VOC preset's 20 + 25 prompts and 2–3 positive classes per image:
+tag2mask's :func:`~tag2mask.stages.cams.cam_one` path (prompts encoded once per stage, no graph; one batched
+vector-Jacobian product for all positives) against a baseline written here in the reference's way (the prompts
+re-encoded with a graph for every image, one backward per positive class with ``retain_graph``). Both give the raw
+CAMs; they must agree to 1e-5 (relative to the largest value). It prints a line starting ``cam inference:`` that
+ends with ``ratio N.Nx``.
+
+Usage: ``python benchmarks/cams.py [--h 24 --w 32 --classes 3 --repeats 50] [--images 4] [--no-inference]``
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ import statistics
 import time
 from typing import Callable
 
-import numpy as np
 import torch
 
 from tag2mask.cam import box_masks, caa_refine, cam_to_score, sinkhorn_normalise
@@ -37,6 +44,75 @@ def naive_caa(cam: torch.Tensor, att: torch.Tensor, sinkhorn_iters: int, power: 
     aff = torch.linalg.matrix_power(aff, power)
     masked = aff[None] * mask  # P×L×L, columns (source patches) masked per class
     return (masked @ score.reshape(n_cls, h * w, 1)).reshape(n_cls, h, w)
+
+
+def reference_style_cams(model, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+    """The baseline: prompts encoded with a graph for this image, then one backward per positive class."""
+    import torch.nn.functional as F
+
+    from tag2mask.cam.gradcam import masked_softmax
+    from tag2mask.models.clip_cam import vit_forward
+
+    with torch.enable_grad():
+        vision = vit_forward(model.clip.visual, x)
+        text = F.normalize(model.text_features(), dim=-1)
+        image = F.normalize(vision.embedding, dim=-1)
+        logits = model.clip.logit_scale.exp() * image @ text.t()
+        allowed = torch.ones_like(logits, dtype=torch.bool)
+        allowed[:, : model.num_fg] = labels.bool()
+        probs = masked_softmax(logits, allowed, "reference")
+        act = vision.activation
+        cams = []
+        for c in labels[0].nonzero()[:, 0].tolist():
+            (grad,) = torch.autograd.grad(probs[0, c], act, retain_graph=True)
+            cams.append(act.detach()[0, 1:] @ grad[0, 1:].mean(dim=0))
+    return torch.stack(cams).reshape(-1, *vision.grid)
+
+
+def cam_inference(n_images: int) -> None:
+    """tag2mask's CAM inference against the reference-style baseline, full-size random ViT-B/16, 500×375."""
+    import numpy as np
+    import open_clip
+
+    from tag2mask.cam import GradCAMClip
+    from tag2mask.config import load_config
+    from tag2mask.models.prompts import PromptLearner
+    from tag2mask.stages.cams import cam_one, prepare_image
+
+    config = load_config("voc", ["caa.cls.enabled=false", "runtime.device=cpu"])  # the CAM alone (CAA above)
+    torch.manual_seed(0)
+    clip = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).float().eval()
+    p = config.prompts.cls
+    learner = PromptLearner(clip, config.data.fg_names, config.data.bg_names, n_ctx=p.n_ctx,
+                            class_specific=p.class_specific, name_position=p.name_position, ctx_std=p.ctx_std,
+                            seed=p.seed)
+    model = GradCAMClip(clip, learner, softmax="reference").eval()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (375, 500, 3), dtype=np.uint8) for _ in range(n_images)]
+    classes = [np.sort(rng.choice(20, 2 + k % 2, replace=False)).astype(np.int64) for k in range(n_images)]
+
+    def ours() -> list:
+        with torch.no_grad():
+            text = model.text_features()  # once per stage
+        return [cam_one(model, im, fg, config, "cls", "cpu", text)["cam_raw"] for im, fg in zip(images, classes)]
+
+    def baseline() -> list:
+        out = []
+        for im, fg in zip(images, classes):
+            labels = torch.zeros(1, model.num_fg)
+            labels[0, torch.from_numpy(fg)] = 1
+            out.append(reference_style_cams(model, prepare_image(im), labels).detach().numpy())
+        return out
+
+    a, b = ours(), baseline()
+    worst = max(float(np.abs(x - y).max() / max(np.abs(y).max(), 1e-30)) for x, y in zip(a, b))
+    t_ours = median_time(ours, 2) / n_images
+    t_base = median_time(baseline, 2) / n_images
+    print(f"cam inference: ViT-B/16 (random), 500x375, {n_images} images with 2-3 classes, 20+25 prompts, "
+          f"{torch.get_num_threads()} thread(s): tag2mask {t_ours * 1e3:.0f} ms/image, reference-style baseline "
+          f"{t_base * 1e3:.0f} ms/image, max relative difference {worst:.1e}, ratio {t_base / t_ours:.1f}x")
+    if worst > 1e-5:
+        raise SystemExit("CAM inference and the baseline disagree")
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -58,6 +134,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=4, help="images for the CAM inference comparison")
+    parser.add_argument("--inference", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -93,6 +171,8 @@ def main() -> None:
     print(f"same output: {same} (max abs diff {max_abs:.3g}, output max |x| {scale:.3g})")
     if not same:
         raise SystemExit("caa_refine and the baseline disagree")
+    if args.inference:
+        cam_inference(args.images)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ def test_default_preset_is_the_reference_pattern(case: dict) -> None:
 
 
 def test_parameter_names_are_the_config_keys() -> None:
-    fields = {f.name for f in dataclasses.fields(SuperpixelsConfig)} - {"source", "preset", "import_dir"}
+    # max_side is the stage's working size (it downscales the image given to the generator), not a generator setting
+    fields = {f.name for f in dataclasses.fields(SuperpixelsConfig)} - {"source", "preset", "import_dir", "max_side"}
     assert set(PARAM_NAMES) == fields
     for preset in PRESETS:
         assert set(PRESETS[preset]) == set(PARAM_NAMES), preset

@@ -1,0 +1,320 @@
+"""One device check: every CUDA path of tag2mask once, with the timings benchmarks/RESULTS.md still lacks.
+
+    python benchmarks/gpu_check.py [--device cuda] [--tiny] [--only NAME ...]
+
+What it runs (random weights everywhere; full sizes unless ``--tiny``):
+
+* ``prompt``      one prompt-training step per task (cls: MCL; seg: CAL through Softmax-GradCAM's own gradient) at
+                  batch 16, 224×224 (synthetic shapes), CLIP ViT-B/16, in float32, bfloat16 and float16 (CUDA; the CPU: float32 and
+                  bfloat16). From the same state, each half-precision step must agree with float32: context
+                  gradients with cosine ≥ 0.99 and CAMs within 2e-2 relative (the rule of tests/test_amp.py).
+* ``cams``        CAM inference (Softmax-GradCAM + CAA, float32, prompts encoded once) at 500×375, 3 classes.
+* ``sams``        SAMS seeding on the device: 500×375, 3 classes, 60 quasi-superpixels.
+* ``superpixels`` the quasi-superpixel generator with a random SAM ViT-H at the ``voc`` pattern, and stock
+                  ``SamAutomaticMaskGenerator`` on the same grid (s/image each; ratio).
+* ``stage2``      one stage-II iteration at App. G's batch sizes with AMP: DeepLabV3+ ResNet-101 at 16, Mask2Former
+                  Swin-B at 4, 512×512 crops.
+* ``nccl``        a one-rank process group (NCCL on CUDA, Gloo on the CPU) and an all-reduce.
+
+It prints a Markdown table ready for RESULTS.md (time, peak GPU memory) and exits non-zero when a value is NaN or
+infinite, or half precision disagrees with float32 beyond the tolerance. ``--device cpu --tiny`` (tiny models, small
+sizes) runs in CI in well under 2 minutes, so the script never rots; on a lent GPU run it as it is (about 5 minutes
+on one H100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CHECKS = ("prompt", "cams", "sams", "superpixels", "stage2", "nccl")
+
+
+@dataclass
+class Report:
+    device: str
+    rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # what, time, peak memory, note
+    failures: list[str] = field(default_factory=list)
+
+    def timed(self, what: str, fn: Callable[[], Any], repeats: int = 2, note: str = "") -> Any:
+        """Run ``fn`` once to warm up and ``repeats`` times timed; record the median and the peak GPU memory."""
+        cuda = self.device.startswith("cuda")
+        result = fn()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            result = fn()
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else "-"
+        self.rows.append((what, _ms(statistics.median(times)), peak, note))
+        return result
+
+    def need(self, ok: bool, what: str) -> None:
+        if not ok:
+            self.failures.append(what)
+            print(f"FAILED: {what}", file=sys.stderr)
+
+    def finite(self, what: str, *tensors: Any) -> None:
+        for t in tensors:
+            t = torch.as_tensor(np.asarray(t.detach().float().cpu()) if torch.is_tensor(t) else np.asarray(t))
+            self.need(bool(torch.isfinite(t.float()).all()), f"{what}: NaN or inf")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def _clip(tiny: bool, device: str) -> torch.nn.Module:
+    if tiny:
+        from tag2mask.models.clip import load_clip
+
+        return load_clip("tiny-synthetic", device=device).float()
+    import open_clip
+
+    torch.manual_seed(0)
+    return open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).float().eval().to(device)
+
+
+def _batch(n: int, size: int, device: str) -> tuple[list[str], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class names, CLIP-normalised images, tags and masks (the seeds' stand-in) of ``n`` synthetic images."""
+    import tempfile
+
+    from tag2mask.data import clip_normalise, make_synthetic_dataset, open_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_synthetic_dataset(f"{tmp}/shapes", n_train=n, n_val=1, size=(size, size), seed=0)
+        ds = open_dataset("synthetic", root, "train")
+        images = clip_normalise(np.stack([ds.load_image(i) for i in ds.ids]))
+        fg = torch.from_numpy(np.stack([ds.label_vector(i) for i in ds.ids]).astype(np.float32))
+        maps = torch.from_numpy(np.stack([ds.load_mask(i) for i in ds.ids]).astype(np.int64))
+    return list(ds.class_names), images.to(device), fg.to(device), maps.to(device)
+
+
+def check_prompt(report: Report, tiny: bool) -> None:
+    from tag2mask import amp
+    from tag2mask.cam import GradCAMClip
+    from tag2mask.config import load_config
+    from tag2mask.stages.common import build_prompt_learner
+    from tag2mask.train.loop import build_loss_module, loss_and_weight
+
+    device = report.device
+    config = load_config("demo" if tiny else "voc", ["data.fg_names=[]"])  # CLIP reads the synthetic class names
+    clip = _clip(tiny, device)
+    n, size = (4, 64) if tiny else (16, 224)
+    names, images, fg, maps = _batch(n, size, device)
+    dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if device.startswith("cuda") else [])
+    for task in ("cls", "seg"):
+        cfg = config.train.seg if task == "seg" else config.train.cls
+        needs_cam = cfg.loss == "cal"
+        reference: tuple[torch.Tensor, torch.Tensor] | None = None
+        for dtype in dtypes:
+            half = dtype != torch.float32
+
+            def step() -> tuple[torch.Tensor, torch.Tensor]:
+                learner = build_prompt_learner(clip, config, task, names).to(device)  # the same initial state
+                model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers)
+                with amp.autocast(device, dtype, half):
+                    out = model(images, fg, create_graph=needs_cam, compute_cam=needs_cam)
+                loss, _, _ = loss_and_weight(cfg, build_loss_module(cfg), out, fg, maps)
+                loss.backward()
+                with amp.autocast(device, dtype, half):
+                    cams = model(images[:2], fg[:2]).cam.detach().float()
+                return learner.ctx.grad.detach().float().clone(), cams
+
+            name = str(dtype).replace("torch.", "")
+            grad, cams = report.timed(f"prompt step {task}, batch {n} at {size}², {name}", step, repeats=1,
+                                      note="incl. a CAM pass on 2 images")
+            report.finite(f"prompt {task} {name}", grad, cams)
+            if reference is None:
+                reference = (grad, cams)
+                continue
+            cosine = float(F.cosine_similarity(reference[0].flatten(), grad.flatten(), dim=0))
+            cam_err = float((cams - reference[1]).abs().max() / reference[1].abs().max().clamp_min(1e-12))
+            report.rows[-1] = (*report.rows[-1][:3], f"vs float32: gradient cosine {cosine:.4f}, CAM {cam_err:.1e}")
+            report.need(cosine >= 0.99, f"prompt {task} {name}: gradient cosine {cosine:.4f} < 0.99")
+            report.need(cam_err <= 2e-2, f"prompt {task} {name}: CAMs differ by {cam_err:.2e} > 2e-2")
+
+
+def check_cams(report: Report, tiny: bool) -> None:
+    from tag2mask.cam import GradCAMClip
+    from tag2mask.config import load_config
+    from tag2mask.stages.cams import cam_one
+    from tag2mask.stages.common import build_prompt_learner
+
+    device = report.device
+    config = load_config("voc")
+    clip = _clip(tiny, device)
+    learner = build_prompt_learner(clip, config, "cls", config.data.fg_names).to(device)
+    model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers).eval()
+    with torch.no_grad():
+        text = model.text_features()
+    h, w = (48, 64) if tiny else (375, 500)
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    fg = np.array([2, 6, 14], np.int64)
+    arrays = report.timed(f"CAM inference + CAA, {w}×{h}, 3 classes", lambda: cam_one(
+        model, image, fg, config, "cls", device, text), repeats=3, note="per image, prompts encoded once")
+    report.finite("cams", torch.from_numpy(arrays["cam"]), torch.from_numpy(arrays["cam_raw"]))
+
+
+def check_sams(report: Report, tiny: bool) -> None:
+    from tag2mask.seeding import sams_seed
+    from tag2mask.superpixels import Superpixels
+
+    device = report.device
+    h, w = (48, 64) if tiny else (375, 500)
+    rng = np.random.default_rng(0)
+    masks, levels = [], []
+    for k in range(60):
+        m = np.zeros((h, w), bool)
+        y, x = rng.integers(0, h - 8), rng.integers(0, w - 8)
+        m[y:y + rng.integers(4, h // 2), x:x + rng.integers(4, w // 2)] = True
+        masks.append(m)
+        levels.append(k % 3)
+    sp = Superpixels.from_masks(np.stack(masks), np.array(levels))
+    cam = torch.rand(3, (h + 15) // 16, (w + 15) // 16, generator=torch.Generator().manual_seed(0)).to(device)
+    seed = report.timed(f"SAMS seed, {w}×{h}, 3 classes, 60 superpixels", lambda: sams_seed(
+        cam, [2, 6, 14], sp, None, 0.7), repeats=5, note=f"CAM on {device}")
+    seed = torch.as_tensor(np.asarray(seed.cpu() if torch.is_tensor(seed) else seed))
+    report.need(seed.shape == (h, w) and int(seed.max()) <= 15, "sams: wrong seed")
+
+
+def check_superpixels(report: Report, tiny: bool) -> None:
+    from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+
+    from tag2mask.config import load_config
+    from tag2mask.models.sam import sam_predictor
+    from tag2mask.stages.superpixels import generator_params
+    from tag2mask.superpixels import QuasiSuperpixelGenerator
+
+    device = report.device
+    torch.manual_seed(0)
+    if tiny:
+        from tag2mask.models.tiny import tiny_sam
+
+        sam = tiny_sam(seed=0).to(device).eval()
+        params = {**generator_params(load_config("demo", ["superpixels.source=sam"])), "points_per_side": 4,
+                  "crop_n_layers": 0, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+        h, w, name = 48, 64, "tiny SAM"
+    else:
+        sam = sam_model_registry["vit_h"](checkpoint=None).to(device).eval()
+        params = generator_params(load_config("voc"))
+        h, w, name = 375, 500, "SAM ViT-H"
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ours = QuasiSuperpixelGenerator(sam_predictor(sam), "l2_nmsf_s1_rsw3", **params)
+    grid = "demo grid (4×4 points, no crops)" if tiny else "voc pattern"
+    sp = report.timed(f"quasi-superpixels, {name}, {w}×{h}, {grid}", lambda: ours.generate(image), repeats=1,
+                      note="random weights: few masks survive the thresholds")
+    report.need(sp.size == (h, w), "superpixels: wrong size")
+    stock_keys = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
+                  "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
+                  "crop_n_points_downscale_factor", "min_mask_region_area")
+    stock = SamAutomaticMaskGenerator(sam, **{k: params[k] for k in stock_keys})
+    report.timed(f"stock SamAutomaticMaskGenerator, same grid, {w}×{h}", lambda: stock.generate(image), repeats=1,
+                 note="baseline")
+    report.rows[-1] = (*report.rows[-1][:3], f"baseline (ours: {report.rows[-2][1]})")
+
+
+def check_stage2(report: Report, tiny: bool) -> None:
+    for net in ("deeplabv3plus", "mask2former"):
+        _stage2_step(report, net, tiny)  # one network at a time: its memory goes when the call returns
+        if report.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def _stage2_step(report: Report, net: str, tiny: bool) -> None:
+    from tag2mask.segmenters.loop import build_optimizer, training_step
+    from tag2mask.segmenters.recipes import default_recipe
+    from tag2mask.stages.train_seg import build_segmenter
+
+    device = report.device
+    use_amp = device.startswith("cuda")
+    recipe = default_recipe(net, "synthetic" if tiny else "voc")
+    recipe.backbone_weights = "none"
+    recipe.amp = use_amp
+    batch, crop = (2, 64) if tiny else (recipe.batch_size, 512)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, crop, crop, generator=g).to(device)
+    labels = torch.randint(0, 21, (batch, crop, crop), generator=g).to(device)
+    model = build_segmenter(recipe, 21).to(device).train()
+    optimizer = build_optimizer(model, recipe)
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    losses: list[float] = []
+
+    def step() -> None:
+        out = training_step(model, images, labels, optimizer, recipe, 10, 1000, scaler=scaler, device=device)
+        losses.append(float(out.detach()))
+
+    report.timed(f"stage II {net} ({recipe.backbone}), batch {batch}, {crop}², {'AMP' if use_amp else 'float32'}",
+                 step, repeats=2, note="one training iteration")
+    report.need(all(np.isfinite(losses)), f"stage2 {net}: loss NaN or inf")
+
+
+def check_nccl(report: Report, tiny: bool) -> None:
+    import torch.distributed as dist
+
+    device = report.device
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29541")
+    t0 = time.perf_counter()
+    dist.init_process_group(backend, rank=0, world_size=1)
+    try:
+        x = torch.ones(4, device=device)
+        dist.all_reduce(x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        report.rows.append((f"one-rank {backend} process group + all_reduce", _ms(time.perf_counter() - t0), "-",
+                            "init included"))
+        report.need(bool((x == 1).all()), f"{backend}: all_reduce gave {x.tolist()}")
+    finally:
+        dist.destroy_process_group()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tiny", action="store_true", help="tiny models and sizes (CI, any machine)")
+    parser.add_argument("--only", nargs="*", choices=CHECKS, help="run only these checks")
+    args = parser.parse_args()
+    report = Report(args.device)
+    t0 = time.perf_counter()
+    checks = {"prompt": check_prompt, "cams": check_cams, "sams": check_sams, "superpixels": check_superpixels,
+              "stage2": check_stage2, "nccl": check_nccl}
+    for name in args.only or CHECKS:
+        t_check = time.perf_counter()
+        try:
+            checks[name](report, args.tiny)
+        except Exception as e:  # noqa: BLE001 - one broken path must not hide the others
+            report.need(False, f"{name}: {type(e).__name__}: {e}")
+        print(f"[{name}] {time.perf_counter() - t_check:.1f} s", file=sys.stderr, flush=True)
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
+    print(f"\ngpu_check on {gpu} ({args.device}{', tiny' if args.tiny else ''}), torch {torch.__version__}, "
+          f"{time.perf_counter() - t0:.0f} s in all\n")
+    print("| what | time | peak GPU memory | note |")
+    print("| --- | --- | --- | --- |")
+    for row in report.rows:
+        print("| " + " | ".join(row) + " |")
+    if report.failures:
+        print(f"\n{len(report.failures)} check(s) failed:\n" + "\n".join(f"- {f}" for f in report.failures))
+        return 1
+    print("\nall checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
