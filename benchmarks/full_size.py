@@ -8,9 +8,10 @@ only these values changed:
 
 * ``train.*.max_iter`` (``--iterations``, default 2 per task; warm-up shortened to match) and ``train.*.batch_size``
   = min(16, N) (a batch cannot be larger than the split);
-* quasi-superpixels: SAM (``models.sam_type=vit_b``, enough on a CPU) at the preset's ``voc`` pattern is run and
-  timed on ``--sam-images`` images (default 1) in a scratch run; the pipeline then uses the CPU source
-  (``superpixels.source=felzenszwalb``) for all images, as a SAM pass over every image takes minutes each here.
+* quasi-superpixels: SAM (``models.sam_type=vit_b models.sam=sam_vit_b_01ec64.pth``, enough on a CPU) at the
+  preset's ``voc`` pattern is run and timed on ``--sam-images`` images (default 1) in a scratch run; the pipeline
+  then uses the CPU source (``superpixels.source=felzenszwalb``) for all images, as SAM takes minutes per image
+  on a CPU.
 
 It prints one table: per stage, seconds per image (per iteration for training), peak resident memory of that
 stage's process, bytes written per image; then the projection to VOC ``train_aug`` (10,582 images, the ``voc``
@@ -133,8 +134,8 @@ def report(base: Path, args: argparse.Namespace) -> None:
     env = {**os.environ, "TAG2MASK_WEIGHTS": str(base / "weights"), "TAG2MASK_CACHE": str(base / "cache"),
            "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     batch = min(16, n)
-    common = [f"data.root={base / 'VOC2012'}", "models.sam_type=vit_b", "runtime.device=cpu",
-              "runtime.num_workers=0", *args.extra]
+    common = [f"data.root={base / 'VOC2012'}", "models.sam_type=vit_b", "models.sam=sam_vit_b_01ec64.pth",
+              "runtime.device=cpu", "runtime.num_workers=0", *args.extra]
     for task in ("cls", "seg"):
         common += [f"train.{task}.max_iter={args.iterations}", f"train.{task}.warmup_iter={max(1, args.iterations // 2)}",
                    f"train.{task}.batch_size={batch}"]

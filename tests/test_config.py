@@ -200,3 +200,13 @@ def test_absurd_settings_are_refused_before_any_work(override: str, fragment: st
 def test_every_preset_is_in_range() -> None:
     for preset in ("voc", "coco", "demo"):
         load_config(preset, ["runtime.device=cuda:1", "caa.cls.box_thresh=1", "seeds.fine.bg_power=0"])
+
+
+def test_a_sam_file_of_another_type_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"models.sam=sam_vit_h_4b8939.pth is the vit_h file but "
+                                          r"models.sam_type=vit_b: .*models.sam=sam_vit_b_01ec64.pth"):
+        load_config("voc", ["models.sam_type=vit_b"])
+    load_config("voc", ["models.sam_type=vit_b", "models.sam=sam_vit_b_01ec64.pth"])  # both: fine
+    load_config("voc", ["models.sam_type=vit_b", "models.sam=/my/finetuned_sam.pth"])  # any own file: fine
+    load_config("voc", ["models.sam_type=vit_l", "models.sam=vit_l"])  # the registry name: fine
+

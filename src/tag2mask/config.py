@@ -537,6 +537,19 @@ def _check(config: Config) -> None:
             raise ConfigError(f"train.{task}.augment: need crop_size <= short_thresh <= scale_low <= scale_high")
     if config.cams.align < 1:
         raise ConfigError("cams.align must be positive")
+    _check_sam_file(config.models.sam_type, config.models.sam)
+
+
+def _check_sam_file(sam_type: str, sam: str) -> None:
+    """ConfigError when ``models.sam`` names an official SAM file (or name) of another type than ``sam_type``."""
+    from tag2mask.models.weights import known_weight
+
+    official = known_weight(Path(sam).name, "sam") if sam not in ("", "default") else None
+    if official is not None and sam_type != "tiny" and official.name != sam_type:
+        own = known_weight(sam_type, "sam")
+        fix = f"models.sam={own.filename}" if own is not None else "models.sam=default"
+        raise ConfigError(f"models.sam={sam} is the {official.name} file but models.sam_type={sam_type}: set the "
+                          f"file of {sam_type} too ({fix}), or models.sam_type={official.name}")
 
 
 def _finite(value: float) -> bool:
