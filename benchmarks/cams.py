@@ -76,16 +76,13 @@ def cam_inference(n_images: int) -> None:
 
     from tag2mask.cam import GradCAMClip
     from tag2mask.config import load_config
-    from tag2mask.models.prompts import PromptLearner
     from tag2mask.stages.cams import cam_one, prepare_image
+    from tag2mask.stages.common import build_prompt_learner
 
     config = load_config("voc", ["caa.cls.enabled=false", "runtime.device=cpu"])  # the CAM alone (CAA above)
     torch.manual_seed(0)
     clip = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).float().eval()
-    p = config.prompts.cls
-    learner = PromptLearner(clip, config.data.fg_names, config.data.bg_names, n_ctx=p.n_ctx,
-                            class_specific=p.class_specific, name_position=p.name_position, ctx_std=p.ctx_std,
-                            seed=p.seed)
+    learner = build_prompt_learner(clip, config, "cls", config.data.fg_names)  # the preset's prompts
     model = GradCAMClip(clip, learner, softmax="reference").eval()
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (375, 500, 3), dtype=np.uint8) for _ in range(n_images)]

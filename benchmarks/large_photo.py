@@ -82,15 +82,12 @@ def _stage(name: str, work: Path, max_side: int, sam_type: str) -> dict:
 
         from tag2mask.cam import GradCAMClip
         from tag2mask.io import save_npz
-        from tag2mask.models.prompts import PromptLearner
         from tag2mask.stages.cams import cam_one
+        from tag2mask.stages.common import build_prompt_learner
 
         torch.manual_seed(0)
         clip = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).float().eval()
-        p = config.prompts.cls
-        learner = PromptLearner(clip, config.data.fg_names, config.data.bg_names, n_ctx=p.n_ctx,
-                                class_specific=p.class_specific, name_position=p.name_position, ctx_std=p.ctx_std,
-                                seed=p.seed)
+        learner = build_prompt_learner(clip, config, "cls", config.data.fg_names)  # the preset's prompts
         model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers).eval()
         arrays = cam_one(model, image, np.array([2, 6, 14], np.int64), config, "cls", "cpu")
         save_npz(work / "photo_cam.npz", **arrays)
