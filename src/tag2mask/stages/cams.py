@@ -35,10 +35,6 @@ from tag2mask.stages.common import build_prompt_learner, log, open_split, progre
 from tag2mask.stages.inputs import InputLedger
 from tag2mask.stages.rundir import ItemsResult, shard
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
 def aligned_size(height: int, width: int, align: int) -> tuple[int, int]:
     """Each side rounded up to a multiple of ``align`` (SPEC §1.2: 500×375 → 512×384)."""
     return math.ceil(height / align) * align, math.ceil(width / align) * align
@@ -47,18 +43,16 @@ def aligned_size(height: int, width: int, align: int) -> tuple[int, int]:
 def prepare_image(image: np.ndarray, align: int = 16, max_side: int = 0) -> Any:
     """H×W×3 uint8 RGB → 1×3×H'×W' float32 tensor: an image larger than ``max_side`` downscaled to it first
     (:func:`~tag2mask.data.base.fit_image`; 0 = never), bicubic resize to the aligned size, CLIP normalisation."""
-    import torch
     from PIL import Image
+
+    from tag2mask.data.augment import clip_normalise
 
     image = fit_image(image, max_side)
     h, w = image.shape[:2]
     ah, aw = aligned_size(h, w, align)
     if (ah, aw) != (h, w):
         image = np.asarray(Image.fromarray(image).resize((aw, ah), Image.BICUBIC))
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return ((x - mean) / std).unsqueeze(0)
+    return clip_normalise(np.asarray(image, dtype=np.uint8))[None]
 
 
 def refine(cam: np.ndarray, att: np.ndarray, config: Config, task: str) -> np.ndarray:
