@@ -141,9 +141,11 @@ def report(base: Path, args: argparse.Namespace) -> None:
                    f"train.{task}.batch_size={batch}"]
     rows: list[tuple[str, str, str, str, str]] = []
 
+    sam_per_image = None
     if args.sam_images:  # SAM at the preset's pattern, timed on a few images in a scratch run
         seconds, peak, _ = _run(["superpixels", "--preset", "voc", "--run", str(base / "sam-run"), "--limit",
                                  str(args.sam_images), *common], env)
+        sam_per_image = seconds / args.sam_images
         rows.append(("superpixels (SAM ViT-B, voc pattern)", f"{seconds / args.sam_images:.1f} s/image",
                      f"{peak / 2**20:.1f} GiB", "-", f"{args.sam_images} image(s)"))
 
@@ -174,10 +176,13 @@ def report(base: Path, args: argparse.Namespace) -> None:
     for row in rows:
         print("| " + " | ".join(row) + " |")
     per_image = sum(v for k, v in per_item.items() if not k.startswith("train_"))
+    if sam_per_image is not None:  # the preset makes its quasi-superpixels with SAM, not the CPU source
+        per_image += sam_per_image - per_item["superpixels"]
     per_image_disk = sum(_bytes(run / name) for name, _, unit in STAGES[1:] if unit == "images") / n
     fixed_disk = sum(_bytes(run / name) for name, _, unit in STAGES if unit == "iterations")
     sp_disk = (_bytes(base / "cache") - cache_before) / n
-    print("\nprojection on this machine (same threads; model loading amortised only roughly):")
+    print("\nprojection on this machine (same threads; model loading amortised only roughly; quasi-superpixels "
+          f"{'by SAM as timed above' if sam_per_image is not None else 'by the CPU source (no SAM timed)'}):")
     for what, (images, iters) in PROJECTIONS.items():
         scale = 16 / batch  # an iteration at the presets' batch 16 costs about that much more than at ours
         hours = per_image * images + scale * (per_item["train_cls"] * iters["cls"] + per_item["train_seg"] * iters["seg"])
