@@ -65,7 +65,10 @@ class InputLedger:
         recorded = self.recorded()
         if not self.path.exists():  # a folder of tag2mask 0.1: adopt what it holds
             adopted = {item for item in ids if output_for(item).exists()}
-            self.record_all(item for item in ids if item in adopted)
+            try:
+                self.record_all(item for item in ids if item in adopted)
+            except OSError:  # e.g. a read-only shared cache: adopted for this call all the same
+                pass
             return [item for item in ids if item not in adopted]
         return [item for item in ids if not output_for(item).exists() or recorded.get(item) != self.digest(item)]
 

@@ -93,6 +93,8 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
         t0 = time.perf_counter()
         counts, complete = work(folder)
         barrier()
+        if world > 1 and not name.startswith("train_"):  # every rank's share is done now: count again (no work)
+            complete = work(folder)[1]
         seconds = time.perf_counter() - t0
         if done_before and complete and counts.get("computed") == 0:
             out(f"{label}: done earlier, skipped")
