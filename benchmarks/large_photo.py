@@ -97,7 +97,7 @@ def _stage(name: str, work: Path, max_side: int, sam_type: str) -> dict:
         from tag2mask.io import load_npz
         from tag2mask.seeding import sams_seed
         from tag2mask.superpixels import Superpixels
-        from tag2mask.viz.palette import write_label_png
+        from tag2mask.io import write_label_png
 
         cam = load_npz(work / "photo_cam.npz")
         sp = Superpixels.load(work / "photo_sp")

@@ -14,7 +14,7 @@ from pycocotools import mask as mask_utils
 from tag2mask.data import COCO_CLASSES, open_dataset
 from tag2mask.data.coco import COCO_CATEGORY_IDS, RAW_GAP_IDS, png_id_encoding
 from tag2mask.errors import DataError
-from tag2mask.viz.palette import write_label_png
+from tag2mask.io import write_label_png
 
 H, W = 20, 30
 IMG1, IMG2, IMG3 = (f"COCO_train2014_{i:012d}" for i in (1, 2, 3))

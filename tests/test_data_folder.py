@@ -11,7 +11,7 @@ from PIL import Image
 
 from tag2mask.data import open_dataset
 from tag2mask.errors import DataError
-from tag2mask.viz.palette import write_label_png
+from tag2mask.io import write_label_png
 
 H, W = 6, 7
 CAT, DOG, BIRD = 0, 1, 2

@@ -14,8 +14,7 @@ from PIL import Image
 from tag2mask.data import VOC_CLASSES, Sample, open_dataset
 from tag2mask.data.base import default_cache_dir
 from tag2mask.errors import DataError
-from tag2mask.io import read_json, write_json
-from tag2mask.viz.palette import write_label_png
+from tag2mask.io import read_json, write_json, write_label_png
 
 H, W = 8, 10
 AERO, PERSON, DOG, TV, CHAIR = 0, 14, 11, 19, 8  # 0-based VOC indices

@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "full_size.py"
 
 
 def test_two_images_at_full_size_have_the_real_shapes(tmp_path: Path) -> None:
-    from tag2mask.viz.palette import read_label_png
+    from tag2mask.io import read_label_png
 
     keep = tmp_path / "full"
     r = subprocess.run([sys.executable, str(SCRIPT), "--images", "2", "--iterations", "1", "--sam-images", "0",

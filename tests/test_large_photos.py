@@ -66,7 +66,7 @@ def test_a_large_photo_is_worked_at_the_capped_size_and_seeded_at_its_own(
     from tag2mask.config import load_config
     from tag2mask.stages.superpixels import superpixels_dir
     from tag2mask.superpixels import Superpixels
-    from tag2mask.viz.palette import read_label_png
+    from tag2mask.io import read_label_png
 
     base, overrides = big_photo_run
     run = ["--run", str(base / "run")]

@@ -47,7 +47,7 @@ def test_segment_any_image_with_a_finished_run(finished: tuple[Path, str], overr
                                                capsys: pytest.CaptureFixture[str]) -> None:
     import numpy as np
 
-    from tag2mask.viz.palette import read_label_png
+    from tag2mask.io import read_label_png
 
     run_dir, _ = finished
     image = sorted((Path(overrides[0].split("=", 1)[1]) / "images").glob("*.png"))[0]

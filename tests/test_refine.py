@@ -14,7 +14,7 @@ from tag2mask.data import make_synthetic_dataset, open_dataset
 from tag2mask.errors import ConfigError, Tag2MaskError
 from tag2mask.segmenters.predictions import save_prediction
 from tag2mask.stages.refine import REFINE_JSON, SPEC_ALPHA_SWEEPS, refine_one, run_refine, tuned_on_gt_lines
-from tag2mask.viz.palette import read_label_png
+from tag2mask.io import read_label_png
 
 SP_WARN = "ignore:__array__ implementation:DeprecationWarning"  # pycocotools on numpy 2
 

@@ -15,12 +15,11 @@ from PIL import Image
 
 from tag2mask.config import load_config
 from tag2mask.data import make_synthetic_dataset
-from tag2mask.io import save_npz, write_json, write_text
+from tag2mask.io import save_npz, voc_palette, write_json, write_label_png, write_text
 from tag2mask.stages.common import open_split
 from tag2mask.stages.rundir import RunDir
 from tag2mask.viz import figures as fig
 from tag2mask.viz import report as rep
-from tag2mask.viz.palette import voc_palette, write_label_png
 
 DATA_IMG = '<img src="data:image/png;base64,'
 METRICS = {

@@ -10,10 +10,19 @@ import pytest
 
 from tag2mask.config import load_config, stage_hashes
 from tag2mask.errors import Tag2MaskError
-from tag2mask.io import atomic_write, load_npz, new_file_mode, read_json, save_npz, write_json
+from tag2mask.io import (
+    atomic_write,
+    load_npz,
+    new_file_mode,
+    read_json,
+    read_label_png,
+    save_npz,
+    voc_palette,
+    write_json,
+    write_label_png,
+)
 from tag2mask.stages.inputs import InputLedger
 from tag2mask.stages.rundir import RunDir, shard
-from tag2mask.viz.palette import read_label_png, voc_palette, write_label_png
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from tag2mask.stages.common import open_split  # noqa: E402
 from tag2mask.resume import read_meta  # noqa: E402
 from tag2mask.stages.rundir import RunDir  # noqa: E402
 from tag2mask.stages.train_seg import run_train_seg  # noqa: E402
-from tag2mask.viz.palette import read_label_png  # noqa: E402
+from tag2mask.io import read_label_png  # noqa: E402
 
 # a small DeepLabV3+: ResNet-18 encoder, no pretrained weights, the demo recipe's 64-px crops
 SMALL_DLV3 = ["backbone=resnet18", "backbone_weights=none", "output_stride=16", "batch_size=8"]

@@ -10,11 +10,10 @@ import pytest
 from tag2mask.cli import main
 from tag2mask.config import load_config
 from tag2mask.data import make_synthetic_dataset, open_dataset
-from tag2mask.io import load_npz, save_npz
+from tag2mask.io import load_npz, read_label_png, save_npz
 from tag2mask.stages.cams import aligned_size, prepare_image
 from tag2mask.stages.common import build_prompt_learner, context_path
 from tag2mask.stages.rundir import RunDir
-from tag2mask.viz.palette import read_label_png
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +157,7 @@ def test_evaluate_stage_reports_protocol_and_sweep(env: dict, capsys: pytest.Cap
 
 
 def test_evaluate_a_folder_without_a_run(env: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tag2mask.viz.palette import write_label_png
+    from tag2mask.io import write_label_png
 
     ds = open_dataset("synthetic", env["root"], "train")
     for image_id in ds.ids:  # the ground truth itself: mIoU 100

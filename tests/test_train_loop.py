@@ -16,7 +16,7 @@ from tag2mask.config import load_config
 from tag2mask.data import open_dataset
 from tag2mask.train.loop import checkpoint_iterations, iteration_indices
 from tag2mask.train.schedule import learning_rate
-from tag2mask.viz.palette import read_label_png
+from tag2mask.io import read_label_png
 
 
 def test_schedule_equals_the_reference_scheduler() -> None:

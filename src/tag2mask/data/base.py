@@ -31,8 +31,7 @@ import numpy as np
 from PIL import Image
 
 from tag2mask.errors import DataError
-from tag2mask.io import file_stamp, read_json, write_json
-from tag2mask.viz.palette import read_label_png
+from tag2mask.io import file_stamp, read_json, read_label_png, write_json
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,7 @@ from PIL import Image
 
 from tag2mask.data.folder import FolderDataset
 from tag2mask.errors import DataError
-from tag2mask.io import atomic_write, read_json, write_json, write_text
-from tag2mask.viz.palette import write_label_png
+from tag2mask.io import atomic_write, read_json, write_json, write_label_png, write_text
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,8 @@ import numpy as np
 from tag2mask.config import Config
 from tag2mask.errors import DataError, Tag2MaskError
 from tag2mask.evaluate import ConfusionMatrix, Protocol, evaluation_report, report_markdown
-from tag2mask.io import write_json, write_text
+from tag2mask.io import read_label_png, write_json, write_text
 from tag2mask.stages.common import open_split, progress
-from tag2mask.viz.palette import read_label_png
 
 # The reference's values that its authors chose with ground truth (SPEC §8 table, §13 items 7-8).
 _REFERENCE_GT_CHOICES: dict[str, dict[str, tuple[Any, str]]] = {

@@ -19,14 +19,13 @@ import numpy as np
 
 from tag2mask.config import Config
 from tag2mask.errors import Tag2MaskError
-from tag2mask.io import file_stamp, read_json, write_json
+from tag2mask.io import file_stamp, read_json, write_json, write_label_png
 from tag2mask.segmenters.predictions import keep_classes, prediction_labels, present_classes, save_prediction
 from tag2mask.segmenters.recipes import recipe_from_dict
 from tag2mask.stages.common import open_split, progress, runtime_device
 from tag2mask.stages.inputs import InputLedger
 from tag2mask.stages.rundir import ItemsResult, shard
 from tag2mask.stages.train_seg import build_segmenter, read_model_info
-from tag2mask.viz.palette import write_label_png
 
 
 PREDICT_JSON = "predict.json"

@@ -48,12 +48,11 @@ from tag2mask.config import Config
 from tag2mask.data.base import resize_labels, working_size
 from tag2mask.errors import ConfigError, DataError, Tag2MaskError
 from tag2mask.evaluate import ConfusionMatrix
-from tag2mask.io import file_stamp, read_json, write_json
+from tag2mask.io import file_stamp, read_json, write_json, write_label_png
 from tag2mask.segmenters.predictions import load_prediction, prediction_labels
 from tag2mask.stages.common import open_split, progress
 from tag2mask.stages.inputs import InputLedger
 from tag2mask.stages.rundir import ItemsResult, shard
-from tag2mask.viz.palette import write_label_png
 
 __all__ = [
     "METHODS",

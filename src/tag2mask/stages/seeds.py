@@ -18,14 +18,13 @@ import numpy as np
 from tag2mask.config import Config, SeedTaskConfig
 from tag2mask.data.base import resize_labels, working_size
 from tag2mask.errors import DataError, Tag2MaskError
-from tag2mask.io import file_stamp
+from tag2mask.io import file_stamp, write_label_png
 from tag2mask.stages.cams import load_cam_file
 from tag2mask.stages.common import open_split, progress
 from tag2mask.stages.inputs import InputLedger
 from tag2mask.stages.rundir import ItemsResult, shard
 from tag2mask.stages.superpixels import superpixel_path
 from tag2mask.stages.superpixels import superpixels_dir as default_superpixels_dir
-from tag2mask.viz.palette import write_label_png
 
 SEEDS_OF_TASK = {"cls": "coarse", "seg": "fine"}
 

@@ -15,10 +15,9 @@ from PIL import Image
 
 from tag2mask.config import Config
 from tag2mask.errors import Tag2MaskError
-from tag2mask.io import atomic_write
+from tag2mask.io import atomic_write, write_label_png
 from tag2mask.stages.common import build_prompt_learner, clip_fit_warning, context_path, runtime_device
 from tag2mask.viz.figures import overlay
-from tag2mask.viz.palette import write_label_png
 
 
 def parse_classes(text: str, class_names: list[str] | tuple[str, ...]) -> list[int]:

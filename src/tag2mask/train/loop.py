@@ -40,7 +40,7 @@ from tag2mask.train.losses import (
     sigmoid_pixel_ce_loss,
 )
 from tag2mask.train.schedule import learning_rate
-from tag2mask.viz.palette import read_label_png
+from tag2mask.io import read_label_png
 
 PIXEL_LOSSES = ("cal", "ce", "ce_manual", "ce_auto")
 

@@ -1,6 +1,6 @@
 """Small pure figure helpers for the run report: numpy arrays in, ``H×W×3`` uint8 RGB arrays out.
 
-No plotting library: colours come from the VOC palette (:func:`tag2mask.viz.palette.voc_palette`) and a small
+No plotting library: colours come from the VOC palette (:func:`tag2mask.io.voc_palette`) and a small
 built-in heat colour map (:data:`HEAT_ANCHORS`). Resizing is done here too (nearest for label maps and masks,
 bilinear with ``align_corners=False`` for score maps), so the report needs neither torch nor matplotlib.
 :func:`png_data_uri` turns an RGB array into a ``data:image/png;base64,…`` URI for a self-contained HTML page.
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from tag2mask.viz.palette import voc_palette
+from tag2mask.io import voc_palette
 
 #: The heat colour map: (position in [0, 1], R, G, B) anchors, linearly interpolated (a "jet"-like ramp from
 #: dark blue through cyan, yellow and red to dark red).

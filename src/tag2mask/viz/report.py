@@ -901,7 +901,7 @@ def _load_seed(run: _Run, name: str, image_id: str) -> np.ndarray | None:
     path = run.path / name / f"{image_id}.png"
     if not path.is_file():
         return None
-    from tag2mask.viz.palette import read_label_png
+    from tag2mask.io import read_label_png
 
     return read_label_png(path)
 
