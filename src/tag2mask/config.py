@@ -360,8 +360,9 @@ def _unknown_key(cls: type, name: str, prefix: str) -> ConfigError:
     return ConfigError(msg)
 
 
-def _update(node: Any, values: dict[str, Any], prefix: str = "") -> None:
-    """Apply a nested dict of values to a dataclass instance in place, checking keys and types."""
+def update_dataclass(node: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Apply a nested dict of values to a dataclass instance in place, checking keys and types (one error naming
+    the key, ``prefix`` + its name, for an unknown key or a wrong type). Used for the config and stage II's recipes."""
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
     hints = _hints(type(node))
@@ -370,7 +371,7 @@ def _update(node: Any, values: dict[str, Any], prefix: str = "") -> None:
             raise _unknown_key(type(node), str(name), prefix)
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            _update(getattr(node, name), value, f"{prefix}{name}.")
+            update_dataclass(getattr(node, name), value, f"{prefix}{name}.")
         else:
             setattr(node, name, _coerce(value, tp, f"{prefix}{name}"))
 
@@ -482,12 +483,12 @@ def load_config(preset: str | Path = "voc", overrides: list[str] | tuple[str, ..
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     config = Config()
-    _update(config, values)
+    update_dataclass(config, values)
     for item in overrides:
         key, value = parse_override(item)
         if key == "superpixels.preset":
             _apply_superpixel_preset(config, value)
-        _update(config, _nest(key, value))
+        update_dataclass(config, _nest(key, value))
     _check(config)
     return config
 
@@ -496,7 +497,7 @@ def apply_overrides(node: Any, overrides: list[str] | tuple[str, ...], prefix: s
     """Apply ``key=value`` overrides to any config dataclass ``node`` in place (types checked) and return it."""
     for item in overrides:
         key, value = parse_override(item)
-        _update(node, _nest(key, value), prefix)
+        update_dataclass(node, _nest(key, value), prefix)
     return node
 
 
@@ -506,13 +507,13 @@ def _apply_superpixel_preset(config: Config, name: Any) -> None:
 
     if name not in SP_PRESETS:
         raise ConfigError(f"superpixels.preset: unknown pattern {name!r}; patterns: {', '.join(SP_PRESETS)}")
-    _update(config.superpixels, dict(SP_PRESETS[name]), "superpixels.")
+    update_dataclass(config.superpixels, dict(SP_PRESETS[name]), "superpixels.")
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. a run's ``config.yaml``)."""
     config = Config()
-    _update(config, values)
+    update_dataclass(config, values)
     _check(config)
     return config
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import yaml
 
-from tag2mask.config import _update, apply_overrides
+from tag2mask.config import apply_overrides, update_dataclass
 from tag2mask.errors import ConfigError
 
 NETS = ("deeplabv3plus", "mask2former")
@@ -126,7 +126,7 @@ def default_recipe(net: str, dataset: str = "voc") -> SegmenterRecipe:
     if net not in NETS:
         raise ConfigError(f"unknown network {net!r}; networks: {', '.join(NETS)}")
     recipe = SegmenterRecipe(net=net)  # type: ignore[arg-type]
-    _update(recipe, dict(_NET_DEFAULTS[net]))
+    update_dataclass(recipe, dict(_NET_DEFAULTS[net]))
     recipe.epochs = _EPOCHS.get(dataset, 120)
     recipe.val_every = 16000 if dataset == "coco" else 4000  # MMSeg's intervals for its 160k / 40k schedules
     if dataset == "synthetic":
@@ -151,7 +151,7 @@ def load_recipe(net: str, dataset: str = "voc", overrides: list[str] | tuple[str
 def recipe_from_dict(values: dict[str, Any]) -> SegmenterRecipe:
     """Rebuild a recipe from :meth:`SegmenterRecipe.to_dict` output (e.g. a checkpoint's ``model.json``)."""
     recipe = SegmenterRecipe()
-    _update(recipe, values)
+    update_dataclass(recipe, values)
     check_recipe(recipe)
     return recipe
 
