@@ -70,6 +70,18 @@ def test_sams_maps_rows_to_their_classes() -> None:
     np.testing.assert_array_equal(got, [[0, 0, 3, 3, 5, 5]])
 
 
+def test_superpixels_at_a_large_photos_working_size() -> None:
+    # probabilities at 4×12, superpixels at the 2×6 working size: refined there, the labels enlarged by 2
+    prob = np.zeros((2, 4, 12), np.float32)
+    prob[0, :, :6], prob[1, :, :6] = 0.8, 0.2  # left half background, right half class 1 (label 2)
+    prob[0, :, 6:], prob[1, :, 6:] = 0.1, 0.9
+    got = refine_one(prob, [1], "sams", superpixels=_cols(2, 6, [(0, 3), (3, 6)]), levels=[1, 1])
+    assert got.shape == (4, 12)
+    np.testing.assert_array_equal(got, np.tile(np.repeat([0, 2], 6).astype(np.uint8), (4, 1)))
+    with pytest.raises(ValueError, match="superpixels are"):  # not that photo's working size: another aspect
+        refine_one(prob, [1], "sams", superpixels=_cols(3, 6, [(0, 3), (3, 6)]), levels=[1, 1])
+
+
 def _priority_case() -> tuple[np.ndarray, np.ndarray]:
     # columns 0-2 confidently class 0 (label 1), columns 3-5 background
     prob = np.zeros((2, 1, 6), np.float32)

@@ -3,8 +3,9 @@
 Per image (batch 1, float32, no autocast, single scale, no flip — SPEC §1.2): each side is resized up to the next
 multiple of ``cams.align`` (16) with PIL bicubic, normalised with CLIP's mean/std, and the ground-truth image
 labels choose the classes. An image whose longer side exceeds ``cams.max_side`` (default 1024; never a VOC or COCO
-image) is first downscaled to it, which bounds the patch grid and the attention matrix; ``size`` stays the
-image's own, and seeding resizes the CAM to whatever size it works at. The raw CAMs are refined by CAA when ``caa.<task>.enabled``. One ``.npz`` per image:
+image) goes to its aligned working size instead, which bounds the patch grid and the attention matrix; ``size``
+stays the image's own, and seeding resizes the CAM to whatever size it works at. The raw CAMs are refined by CAA
+when ``caa.<task>.enabled``. One ``.npz`` per image:
 
 * ``cam``      P×h×w float32, the CAM seeding reads (after CAA when enabled, else raw)
 * ``cam_raw``  P×h×w float32, the raw Softmax-GradCAM
@@ -28,12 +29,13 @@ from typing import Any
 import numpy as np
 
 from tag2mask.config import Config
-from tag2mask.data.base import capped_size, fit_image
+from tag2mask.data.base import capped_size, working_size
 from tag2mask.errors import DataError, NotBuiltError, Tag2MaskError
 from tag2mask.io import file_digest, file_stamp, load_npz, save_npz
 from tag2mask.stages.common import build_prompt_learner, log, open_split, progress, runtime_device
 from tag2mask.stages.inputs import InputLedger
 from tag2mask.stages.rundir import ItemsResult, shard
+
 
 def aligned_size(height: int, width: int, align: int) -> tuple[int, int]:
     """Each side rounded up to a multiple of ``align`` (SPEC §1.2: 500×375 → 512×384)."""
@@ -41,16 +43,15 @@ def aligned_size(height: int, width: int, align: int) -> tuple[int, int]:
 
 
 def prepare_image(image: np.ndarray, align: int = 16, max_side: int = 0) -> Any:
-    """H×W×3 uint8 RGB → 1×3×H'×W' float32 tensor: an image larger than ``max_side`` downscaled to it first
-    (:func:`~tag2mask.data.base.fit_image`; 0 = never), bicubic resize to the aligned size, CLIP normalisation."""
+    """H×W×3 uint8 RGB → 1×3×H'×W' float32 tensor: one bicubic resize to the aligned size (of the working size,
+    :func:`~tag2mask.data.base.working_size`, for an image larger than ``max_side``; 0 = never), CLIP
+    normalisation."""
     from PIL import Image
 
     from tag2mask.data.augment import clip_normalise
 
-    image = fit_image(image, max_side)
-    h, w = image.shape[:2]
-    ah, aw = aligned_size(h, w, align)
-    if (ah, aw) != (h, w):
+    ah, aw = aligned_size(*working_size(*image.shape[:2], max_side), align)
+    if (ah, aw) != image.shape[:2]:
         image = np.asarray(Image.fromarray(image).resize((aw, ah), Image.BICUBIC))
     return clip_normalise(np.asarray(image, dtype=np.uint8))[None]
 

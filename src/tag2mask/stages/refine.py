@@ -121,7 +121,8 @@ def refine_one(
             argmax, SPEC §13 item 16).
         superpixels: SAMS: a :class:`tag2mask.superpixels.Superpixels` of the image, or an ``S×H×W`` bool mask
             stack with ``levels``. The probabilities' size, or its working size (a large photo's superpixels,
-            ``superpixels.max_side``): then the probabilities are resized bilinearly to it, and the labels back.
+            ``superpixels.max_side``): then SAMS works at that size (the probabilities resized bilinearly to it,
+            as any map SAMS is given) and the labels are enlarged back.
         levels: the ``S`` levels of a mask stack (0 subpart, 1 part, 2 whole); ``None`` with a ``Superpixels``.
         image: CRF: the ``H×W×3`` uint8 RGB image.
         crf: CRF: the parameter-set name (:data:`tag2mask.seeding.crf.CRF_PARAM_SETS`).
@@ -143,28 +144,17 @@ def refine_one(
         if superpixels is None:
             raise ValueError("SAMS refinement needs the image's superpixels")
         sp_size = tuple(superpixels.size) if hasattr(superpixels, "atoms") else tuple(np.shape(superpixels)[-2:])
-        if sp_size == size:
-            return np.asarray(sams_refine(prob, fg, superpixels, levels, float(alpha), uncovered))  # type: ignore[arg-type]
-        if working_size(*size, max(sp_size)) != sp_size:
+        if sp_size != size and working_size(*size, max(sp_size)) != sp_size:
             raise ValueError(f"superpixels are {sp_size} but the probabilities are {size}")
-        # superpixels at the working size of a large photo: refine there, then enlarge the labels
-        small = _resize_bilinear(prob, sp_size)
-        label = sams_refine(small, fg, superpixels, levels, float(alpha), uncovered)  # type: ignore[arg-type]
+        # at the superpixels' size (SAMS resizes the probabilities to it: a large photo's working size), then the
+        # labels at the probabilities' size
+        label = sams_refine(prob, fg, superpixels, levels, float(alpha), uncovered)  # type: ignore[arg-type]
         return resize_labels(np.asarray(label), size)
     from tag2mask.seeding.crf import dense_crf
 
     if image is None:
         raise ValueError("CRF refinement needs the image")
     return prediction_labels(dense_crf(image, prob, crf), fg)
-
-
-def _resize_bilinear(prob: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``C×H×W`` float maps resized to ``size`` (bilinear, ``align_corners=False``)."""
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(np.ascontiguousarray(prob, np.float32))[None]
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)[0].numpy()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -354,7 +344,8 @@ def run_refine(
             raise DataError(f"{pred_dir / (image_id + '.npz')}: classes {fg.tolist()} outside the dataset's "
                             f"{num_classes} classes")
         size = (int(prob.shape[1]), int(prob.shape[2]))
-        sp = _load_superpixels(sp_dir, image_id, size, split, config.superpixels.max_side) if sp_dir is not None and fg.size else None
+        sp = (_load_superpixels(sp_dir, image_id, size, split, config.superpixels.max_side)
+              if sp_dir is not None and fg.size else None)
         image = dataset.load_image(image_id) if method == "crf" and fg.size else None
         if image is not None and image.shape[:2] != size:
             raise DataError(f"{pred_dir / (image_id + '.npz')}: prediction is {size}, the image {image.shape[:2]}")

@@ -175,7 +175,6 @@ def run_superpixels(
     with holding(folder, "quasi-superpixel cache folder", shared=shared, rank=rank):
         if world_size == 1 and not shared:  # the sole writer: temporary files of a killed run can go
             remove_orphans(folder)
-        ledger = InputLedger(folder, inputs)
         todo = ledger.pending(shard(ids, rank, world_size), done_marker)  # what is left now that we own it
         return _compute(config, dataset, split, ids, todo, source, folder, ledger, done_marker, rank, show_progress, t0)
 
