@@ -181,7 +181,8 @@ class QuasiSuperpixelGenerator(SamAutomaticMaskGenerator):
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
         # N×4 even when N = 0 (upstream's 1-D empty tensor breaks its crop merge when a crop keeps no mask)
-        data["crop_boxes"] = torch.tensor([crop_box for _ in range(len(data["rles"]))], dtype=torch.int64).reshape(-1, 4)
+        boxes = [crop_box for _ in range(len(data["rles"]))]
+        data["crop_boxes"] = torch.tensor(boxes, dtype=torch.int64).reshape(-1, 4)
         return data
 
     def _process_batch(
