@@ -76,7 +76,8 @@ def cam_inference(n_images: int) -> None:
 
     from tag2mask.cam import GradCAMClip
     from tag2mask.config import load_config
-    from tag2mask.stages.cams import cam_one, prepare_image
+    from tag2mask.cam.image import prepare_image
+    from tag2mask.stages.cams import cam_one
     from tag2mask.stages.common import build_prompt_learner
 
     config = load_config("voc", ["caa.cls.enabled=false", "runtime.device=cpu"])  # the CAM alone (CAA above)

@@ -31,6 +31,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -339,6 +340,7 @@ def main() -> int:
         try:
             checks[name](report, args.tiny)
         except Exception as e:  # noqa: BLE001 - one broken path must not hide the others
+            traceback.print_exc()
             report.need(False, f"{name}: {type(e).__name__}: {e}")
         print(f"[{name}] {time.perf_counter() - t_check:.1f} s", file=sys.stderr, flush=True)
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"

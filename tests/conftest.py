@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 USER_CACHE = Path.home() / ".cache" / "tag2mask"  # where tag2mask writes when TAG2MASK_CACHE is unset
 _ENV = ("TAG2MASK_CACHE", "TAG2MASK_WEIGHTS")
@@ -134,3 +135,22 @@ def prompt_env(tmp_path_factory: pytest.TempPathFactory) -> dict:
         overrides += [f"train.{task}.batch_size=4", f"train.{task}.max_iter=6", f"train.{task}.warmup_iter=1",
                       f"train.{task}.lr=0.5"]
     return {"base": base, "root": root, "seeds": seeds, "overrides": overrides}
+
+
+@pytest.fixture(scope="session")
+def random_vit_b16(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
+    """The random-weight CLIP ViT-B/16 (OpenAI key layout) that the reference cases ``gradcam_*`` and ``clipes_*``
+    were computed with: ``tests/data/make_random_clip.py`` recreates it exactly (checked by digest)."""
+    import importlib.util
+
+    from open_clip.model import build_model_from_openai_state_dict
+
+    data = Path(__file__).parent / "data"
+    spec = importlib.util.spec_from_file_location("make_random_clip", data / "make_random_clip.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = tmp_path_factory.mktemp("clip")
+    path = module.ensure(str(folder / "random_vit_b16.pt"))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    shutil.rmtree(folder)  # ~300 MB, not needed once loaded
+    return build_model_from_openai_state_dict(state, quick_gelu=True, cast_dtype=None).float().eval()

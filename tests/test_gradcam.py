@@ -6,9 +6,7 @@ key layout; ``tests/data/make_random_clip.py`` recreates exactly those weights (
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +24,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def _normalise(img_uint8: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(img_uint8).float().permute(2, 0, 1)[None] / 255
     return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-
-
-@pytest.fixture(scope="module")
-def random_vit_b16(tmp_path_factory: pytest.TempPathFactory) -> torch.nn.Module:
-    from open_clip.model import build_model_from_openai_state_dict
-
-    spec = importlib.util.spec_from_file_location("make_random_clip", DATA / "make_random_clip.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    folder = tmp_path_factory.mktemp("clip")
-    path = module.ensure(str(folder / "random_vit_b16.pt"))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    shutil.rmtree(folder)  # ~300 MB, not needed once loaded
-    return build_model_from_openai_state_dict(state, quick_gelu=True, cast_dtype=None).float().eval()
 
 
 def test_gradcam_matches_the_reference_implementation(random_vit_b16: torch.nn.Module) -> None:
@@ -162,7 +146,7 @@ def test_attention_rows_are_distributions(tiny: torch.nn.Module) -> None:
 
 
 def test_full_size_vit_b16_cam_shapes_for_a_voc_image(random_vit_b16: torch.nn.Module) -> None:
-    from tag2mask.stages.cams import prepare_image
+    from tag2mask.cam.image import prepare_image
 
     learner = PromptLearner(random_vit_b16, ["cat", "dog", "person"], ["sky", "grass"], n_ctx=16)
     model = GradCAMClip(random_vit_b16, learner)

@@ -98,3 +98,18 @@ def test_bad_arguments(tiny: torch.nn.Module) -> None:
         PromptLearner(tiny, ["cat"], n_ctx=M, name_position="middle")
     with pytest.raises(Tag2MaskError, match="longer than 77"):
         PromptLearner(tiny, ["word " * 80], n_ctx=M)
+
+
+def test_the_learner_lives_on_its_clips_device() -> None:
+    # built from a CLIP on a GPU, the tokens, embeddings and context are there too (seen on an H200: a learner
+    # built on the CPU beside a CUDA CLIP failed in token_embedding). The meta device stands in for a GPU here,
+    # and the context is the CPU-seeded one whatever the device.
+    from tag2mask.models.tiny import tiny_clip
+
+    clip = tiny_clip(seed=1, image_size=64)
+    on_cpu = PromptLearner(clip, ["cat", "dog"], ["sky"], n_ctx=M, seed=3)
+    on_meta = PromptLearner(clip.to("meta"), ["cat", "dog"], ["sky"], n_ctx=M, seed=3)
+    tensors = dict([*on_meta.named_parameters(), *on_meta.named_buffers()])
+    assert set(tensors) == {"ctx", "tokens", "token_prefix", "token_suffix"}
+    assert all(t.device.type == "meta" for t in tensors.values())
+    assert on_meta.ctx.shape == on_cpu.ctx.shape and on_meta.ctx.dtype == torch.float32

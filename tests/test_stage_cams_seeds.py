@@ -11,7 +11,7 @@ from tag2mask.cli import main
 from tag2mask.config import load_config
 from tag2mask.data import make_synthetic_dataset, open_dataset
 from tag2mask.io import load_npz, read_label_png, save_npz
-from tag2mask.stages.cams import aligned_size, prepare_image
+from tag2mask.cam.image import aligned_size, prepare_image
 from tag2mask.stages.common import build_prompt_learner, context_path
 from tag2mask.stages.rundir import RunDir
 

@@ -38,6 +38,7 @@ __all__ = [
     "cam_to_score",
     "class_boxes",
     "merge_attention",
+    "minmax_norm",
     "propagate_affinity",
     "sinkhorn_affinity",
     "sinkhorn_normalise",
@@ -79,16 +80,20 @@ def merge_attention(att: torch.Tensor, last_n_layers: int = 8) -> torch.Tensor:
     return att[-last_n_layers:, ..., 1:, 1:].mean(dim=0)
 
 
+def minmax_norm(v: torch.Tensor) -> torch.Tensor:
+    """``(v − min) / (max − min + 1e-7)`` per class over space of a ``P×h×w`` map; same shape and dtype."""
+    flat = v.reshape(v.shape[0], -1)
+    vmin = flat.amin(dim=1).reshape(-1, 1, 1)
+    vmax = flat.amax(dim=1).reshape(-1, 1, 1)
+    return (v - vmin) / (vmax - vmin + MMNORM_EPS)
+
+
 def cam_to_score(cam: torch.Tensor) -> torch.Tensor:
     """``score = (v − min) / (max − min + 1e-7)`` of ``v = max(cam, 0)`` per class over space (SPEC §6.1).
 
     ``cam`` is ``P×h×w``; the result has the same shape and dtype.
     """
-    v = cam.clamp(min=0)
-    flat = v.reshape(v.shape[0], -1)
-    vmin = flat.amin(dim=1).reshape(-1, 1, 1)
-    vmax = flat.amax(dim=1).reshape(-1, 1, 1)
-    return (v - vmin) / (vmax - vmin + MMNORM_EPS)
+    return minmax_norm(cam.clamp(min=0))
 
 
 def sinkhorn_normalise(att: torch.Tensor, n_iters: int = 1) -> torch.Tensor:

@@ -45,6 +45,7 @@ class CamOutput:
     grid: tuple[int, int]  # (h, w)
     att: torch.Tensor | None  # N×(h·w)×(h·w) merged attention when asked for (detached)
     num_fg: int  # C_fg: the first C_fg prompts are the foreground classes
+    image_embedding: torch.Tensor  # N×E image embeddings before L2 normalisation (float32; detached)
 
     @property
     def fg_logits(self) -> torch.Tensor:
@@ -57,24 +58,39 @@ class GradCAMClip(nn.Module):
 
     Args:
         clip_model: an open_clip ``CLIP`` (frozen; float32 for inference).
-        prompt_learner: the task's prompts (foreground names first, then background).
+        prompt_learner: the task's prompts (foreground names first, then background); ``None`` for fixed prompts
+            whose features every :meth:`forward` call is given (the training-free mode, :mod:`tag2mask.cam.clip_es`).
         softmax: ``"reference"`` or ``"clean"`` (see the module docstring).
         att_layers: how many last blocks' attention to merge for CAA.
+        num_fg: the number of foreground prompts when there is no prompt learner.
+        pos_embed_f16: round the resized positional embedding to float16 (CLIP-ES, :func:`vit_forward`).
     """
 
     def __init__(
-        self, clip_model: nn.Module, prompt_learner: PromptLearner, softmax: str = "reference", att_layers: int = 8
+        self,
+        clip_model: nn.Module,
+        prompt_learner: PromptLearner | None,
+        softmax: str = "reference",
+        att_layers: int = 8,
+        *,
+        num_fg: int | None = None,
+        pos_embed_f16: bool = False,
     ) -> None:
         super().__init__()
+        if (prompt_learner is None) == (num_fg is None):
+            raise ValueError("give either a prompt learner or num_fg (fixed prompts), not both or neither")
         self.clip = clip_model
         self.prompt_learner = prompt_learner
         self.softmax = softmax
         self.att_layers = att_layers
-        self.num_fg = len(prompt_learner.fg_names)
+        self.num_fg = len(prompt_learner.fg_names) if prompt_learner is not None else int(num_fg)  # type: ignore[arg-type]
+        self.pos_embed_f16 = pos_embed_f16
         self.clip.requires_grad_(False)
 
     def text_features(self) -> torch.Tensor:
         """G×E text features of the current prompts (re-encoded on every call: the context is learned)."""
+        if self.prompt_learner is None:
+            raise ValueError("fixed prompts: pass their text_features to forward()")
         return encode_prompts(self.clip, self.prompt_learner(), self.prompt_learner.tokens)
 
     def forward(
@@ -102,7 +118,7 @@ class GradCAMClip(nn.Module):
             raise ValueError(f"fg_labels must be {images.shape[0]}×{self.num_fg}, got {tuple(fg_labels.shape)}")
         with torch.enable_grad():
             with torch.set_grad_enabled(compute_cam):  # without CAMs the frozen image side needs no graph
-                vision = vit_forward(self.clip.visual, images, need_attention=need_attention)
+                vision = vit_forward(self.clip.visual, images, need_attention, self.pos_embed_f16)
             if text_features is None:
                 text_features = self.text_features()  # under autocast when the caller uses mixed precision
             # logits, softmax and the CAM gradient in float32 (a no-op without autocast)
@@ -123,7 +139,8 @@ class GradCAMClip(nn.Module):
                 else:
                     cam = logits.new_zeros((0, h, w))
         att = merge_attention(torch.stack(vision.attentions), self.att_layers).detach() if need_attention else None
-        return CamOutput(cam=cam, logits=logits, probs=probs, pairs=pairs, grid=(h, w), att=att, num_fg=self.num_fg)
+        return CamOutput(cam=cam, logits=logits, probs=probs, pairs=pairs, grid=(h, w), att=att, num_fg=self.num_fg,
+                         image_embedding=upcast(vision.embedding).detach())
 
     @staticmethod
     def _cams(probs: torch.Tensor, activation: torch.Tensor, pairs: torch.Tensor, create_graph: bool) -> torch.Tensor:

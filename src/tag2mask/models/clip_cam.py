@@ -67,8 +67,13 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def vit_forward(visual: nn.Module, images: torch.Tensor, need_attention: bool = False) -> VisionOutput:
-    """The CAM-ready forward of an open_clip ``VisionTransformer`` on N×3×H×W images (H, W multiples of the patch)."""
+def vit_forward(
+    visual: nn.Module, images: torch.Tensor, need_attention: bool = False, pos_embed_f16: bool = False
+) -> VisionOutput:
+    """The CAM-ready forward of an open_clip ``VisionTransformer`` on N×3×H×W images (H, W multiples of the patch).
+
+    ``pos_embed_f16`` rounds the resized positional embedding to float16 before it is added, as CLIP-ES does even
+    in float32 (CONTEXT §2.1; about 1e-5 relative on the CAMs)."""
     patch = visual.conv1.kernel_size
     if images.shape[-2] % patch[0] or images.shape[-1] % patch[1]:
         raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {patch}")
@@ -77,7 +82,10 @@ def vit_forward(visual: nn.Module, images: torch.Tensor, need_attention: bool = 
     x = x.reshape(n, d, h * w).permute(0, 2, 1)
     cls = visual.class_embedding.to(x.dtype).view(1, 1, d).expand(n, -1, -1)
     x = torch.cat([cls, x], dim=1)
-    x = x + resize_pos_embed(visual.positional_embedding, (h, w)).to(x.dtype)
+    pos = resize_pos_embed(visual.positional_embedding, (h, w))
+    if pos_embed_f16:
+        pos = pos.half()
+    x = x + pos.to(x.dtype)
     x = visual.patch_dropout(x)
     x = visual.ln_pre(x)
 

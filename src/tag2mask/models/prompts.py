@@ -80,6 +80,8 @@ class PromptLearner(nn.Module):
                 raise Tag2MaskError(f"prompt for class name {name!r} is longer than {context_length} tokens")
             tokens[i, : len(ids)] = torch.tensor(ids)
             name_lens.append(len(tok.encode(name)) if name else 0)
+        device = clip_model.token_embedding.weight.device  # the learner lives where its CLIP does
+        tokens = tokens.to(device)
         self.register_buffer("tokens", tokens, persistent=False)
         self.name_lens = name_lens
 
@@ -91,8 +93,8 @@ class PromptLearner(nn.Module):
         width = embedding.shape[-1]
         shape = (len(self.names), n_ctx, width) if class_specific else (n_ctx, width)
         generator = torch.Generator().manual_seed(hash_seed(seed))
-        ctx = torch.empty(shape, dtype=torch.float32).normal_(0.0, ctx_std, generator=generator)
-        self.ctx = nn.Parameter(ctx)
+        ctx = torch.empty(shape, dtype=torch.float32).normal_(0.0, ctx_std, generator=generator)  # drawn on the CPU
+        self.ctx = nn.Parameter(ctx.to(device))
 
     @property
     def num_prompts(self) -> int:

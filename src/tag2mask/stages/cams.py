@@ -21,39 +21,20 @@ refined by CAA when the file carries ``att`` and CAA is enabled, and written in 
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tag2mask.cam.image import prepare_image
 from tag2mask.config import Config
-from tag2mask.data.base import capped_size, working_size
+from tag2mask.data.base import capped_size
 from tag2mask.errors import DataError, NotBuiltError, Tag2MaskError
 from tag2mask.io import file_digest, file_stamp, load_npz, save_npz
 from tag2mask.stages.common import build_prompt_learner, log, open_split, progress, runtime_device
 from tag2mask.stages.inputs import InputLedger
 from tag2mask.stages.rundir import ItemsResult, shard
-
-
-def aligned_size(height: int, width: int, align: int) -> tuple[int, int]:
-    """Each side rounded up to a multiple of ``align`` (SPEC §1.2: 500×375 → 512×384)."""
-    return math.ceil(height / align) * align, math.ceil(width / align) * align
-
-
-def prepare_image(image: np.ndarray, align: int = 16, max_side: int = 0) -> Any:
-    """H×W×3 uint8 RGB → 1×3×H'×W' float32 tensor: one bicubic resize to the aligned size (of the working size,
-    :func:`~tag2mask.data.base.working_size`, for an image larger than ``max_side``; 0 = never), CLIP
-    normalisation."""
-    from PIL import Image
-
-    from tag2mask.data.augment import clip_normalise
-
-    ah, aw = aligned_size(*working_size(*image.shape[:2], max_side), align)
-    if (ah, aw) != image.shape[:2]:
-        image = np.asarray(Image.fromarray(image).resize((aw, ah), Image.BICUBIC))
-    return clip_normalise(np.asarray(image, dtype=np.uint8))[None]
 
 
 def refine(cam: np.ndarray, att: np.ndarray, config: Config, task: str) -> np.ndarray:
