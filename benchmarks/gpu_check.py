@@ -9,6 +9,7 @@ What it runs (random weights everywhere; full sizes unless ``--tiny``):
                   bfloat16). From the same state, each half-precision step must agree with float32: context
                   gradients with cosine ≥ 0.99 and CAMs within 2e-2 relative (the rule of tests/test_amp.py).
 * ``cams``        CAM inference (Softmax-GradCAM + CAA, float32, prompts encoded once) at 500×375, 3 classes.
+* ``clip_es``     training-free CLIP-ES CAMs (``tag2mask.cam.clip_es``) at 500×375, 3 classes + 25 background names.
 * ``sams``        SAMS seeding on the device: 500×375, 3 classes, 60 quasi-superpixels.
 * ``superpixels`` the quasi-superpixel generator with a random SAM ViT-H at the ``voc`` pattern, and stock
                   ``SamAutomaticMaskGenerator`` on the same grid (s/image each; ratio).
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 # the order they run in: quick ones first, the SAM ViT-H generator last
-CHECKS = ("nccl", "sams", "cams", "prompt", "pipeline", "stage2", "superpixels")
+CHECKS = ("nccl", "sams", "cams", "clip_es", "prompt", "pipeline", "stage2", "superpixels")
 
 
 @dataclass
@@ -183,6 +184,21 @@ def check_cams(report: Report, tiny: bool) -> None:
     arrays = report.timed(f"CAM inference + CAA, {w}×{h}, 3 classes", lambda: cam_one(
         model, image, fg, config, "cls", device, text), repeats=3, note="per image, prompts encoded once")
     report.finite("cams", torch.from_numpy(arrays["cam"]), torch.from_numpy(arrays["cam_raw"]))
+
+
+def check_clip_es(report: Report, tiny: bool) -> None:
+    from tag2mask.cam.clip_es import clip_es_cams
+    from tag2mask.config import load_config
+
+    data = load_config("voc").data
+    clip = _clip(tiny, report.device)
+    h, w = (48, 64) if tiny else (375, 500)
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    fg = [data.fg_names[i] for i in (2, 6, 14)]
+    arrays = report.timed(f"training-free CLIP-ES CAMs + CAA, {w}×{h}, 3 classes", lambda: clip_es_cams(
+        clip, image, fg, list(data.bg_names)), repeats=3, note="per image, text encoded each call")
+    report.finite("clip_es", torch.from_numpy(arrays["cam_raw"]), torch.from_numpy(arrays["attn_highres"].astype("f4")))
+    report.need(arrays["attn_highres"].shape == (3, h, w), "clip_es: wrong map size")
 
 
 def check_sams(report: Report, tiny: bool) -> None:
@@ -334,7 +350,7 @@ def main() -> int:
     report = Report(args.device)
     t0 = time.perf_counter()
     checks = {"prompt": check_prompt, "cams": check_cams, "sams": check_sams, "superpixels": check_superpixels,
-              "stage2": check_stage2, "nccl": check_nccl, "pipeline": check_pipeline}
+              "stage2": check_stage2, "nccl": check_nccl, "pipeline": check_pipeline, "clip_es": check_clip_es}
     for name in args.only or CHECKS:
         t_check = time.perf_counter()
         try:
