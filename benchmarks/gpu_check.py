@@ -51,10 +51,11 @@ class Report:
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)  # what, time, peak memory, note
     failures: list[str] = field(default_factory=list)
 
-    def timed(self, what: str, fn: Callable[[], Any], repeats: int = 2, note: str = "") -> Any:
-        """Run ``fn`` once to warm up and ``repeats`` times timed; record the median and the peak GPU memory."""
+    def timed(self, what: str, fn: Callable[[], Any], repeats: int = 2, note: str = "", warmup: bool = True) -> Any:
+        """Run ``fn`` once to warm up (unless the model is warm already) and ``repeats`` times timed; record the
+        median and the peak GPU memory."""
         cuda = self.device.startswith("cuda")
-        result = fn()
+        result = fn() if warmup else None
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -140,16 +141,19 @@ def check_prompt(report: Report, tiny: bool) -> None:
         for dtype in dtypes:
             half = dtype != torch.float32
 
+            # float16 scales the loss as the training loop's GradScaler starts (2^16), bfloat16 needs no scaling
+            scale = 2.0**16 if dtype == torch.float16 else 1.0
+
             def step() -> tuple[torch.Tensor, torch.Tensor]:
                 learner = build_prompt_learner(clip, config, task, names).to(device)  # the same initial state
                 model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers)
                 with amp.autocast(device, dtype, half):
                     out = model(images, fg, create_graph=needs_cam, compute_cam=needs_cam)
                 loss, _, _ = loss_and_weight(cfg, build_loss_module(cfg), out, fg, maps)
-                loss.backward()
+                (loss * scale).backward()
                 with amp.autocast(device, dtype, half):
                     cams = model(images[:2], fg[:2]).cam.detach().float()
-                return learner.ctx.grad.detach().float().clone(), cams
+                return learner.ctx.grad.detach().float().clone() / scale, cams
 
             name = str(dtype).replace("torch.", "")
             grad, cams = report.timed(f"prompt step {task}, batch {n} at {size}², {name}", step, repeats=1,
@@ -162,7 +166,10 @@ def check_prompt(report: Report, tiny: bool) -> None:
             cam_err = float((cams - reference[1]).abs().max() / reference[1].abs().max().clamp_min(1e-12))
             report.annotate(f"vs float32: gradient cosine {cosine:.4f}, CAM {cam_err:.1e}")
             report.need(cosine >= 0.99, f"prompt {task} {name}: gradient cosine {cosine:.4f} < 0.99")
-            report.need(cam_err <= 2e-2, f"prompt {task} {name}: CAMs differ by {cam_err:.2e} > 2e-2")
+            # the CAMs under autocast matter where training uses them (the seg task's CAL loss); the cls task's
+            # training never computes one and the CAM stage runs in float32, so there the figure is only shown
+            if needs_cam:
+                report.need(cam_err <= 2e-2, f"prompt {task} {name}: CAMs differ by {cam_err:.2e} > 2e-2")
 
 
 def check_cams(report: Report, tiny: bool) -> None:
@@ -245,18 +252,25 @@ def check_superpixels(report: Report, tiny: bool) -> None:
         params = generator_params(load_config("voc"))
         h, w, name = 375, 500, "SAM ViT-H"
     image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    ours = QuasiSuperpixelGenerator(sam_predictor(sam), "l2_nmsf_s1_rsw3", **params)
     grid = "demo grid (4×4 points, no crops)" if tiny else "voc pattern"
+    ours = QuasiSuperpixelGenerator(sam_predictor(sam), "l2_nmsf_s1_rsw3", **params)
     sp = report.timed(f"quasi-superpixels, {name}, {w}×{h}, {grid}", lambda: ours.generate(image), repeats=1,
-                      note="random weights: few masks survive the thresholds")
+                      note="the preset's thresholds: with random weights few masks survive them")
     report.need(sp.size == (h, w), "superpixels: wrong size")
+    # side by side with stock SAM on the same grid with every mask kept (thresholds 0): the whole post-processing
+    # load on both, and stock's crop merge crashes on a crop that keeps no mask (upstream bug; ours handles it)
+    params = {**params, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    ours = QuasiSuperpixelGenerator(sam_predictor(sam), "l2_nmsf_s1_rsw3", **params)
+    sp = report.timed(f"quasi-superpixels, {name}, {w}×{h}, {grid}, thresholds 0", lambda: ours.generate(image),
+                      repeats=1, note="every mask passes the thresholds", warmup=False)
+    report.annotate(f"every mask passes the thresholds: {len(sp.levels)} quasi-superpixels")
     stock_keys = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh",
                   "stability_score_offset", "box_nms_thresh", "crop_n_layers", "crop_nms_thresh", "crop_overlap_ratio",
                   "crop_n_points_downscale_factor", "min_mask_region_area")
     stock = SamAutomaticMaskGenerator(sam, **{k: params[k] for k in stock_keys})
-    report.timed(f"stock SamAutomaticMaskGenerator, same grid, {w}×{h}", lambda: stock.generate(image), repeats=1,
-                 note="baseline")
-    report.annotate(f"baseline (ours: {report.rows[-2][1]})")
+    masks = report.timed(f"stock SamAutomaticMaskGenerator, same grid, {w}×{h}, thresholds 0",
+                         lambda: stock.generate(image), repeats=1, note="baseline", warmup=False)
+    report.annotate(f"baseline (ours: {report.rows[-2][1]}); {len(masks)} masks, one level, no hierarchy filter")
 
 
 def check_stage2(report: Report, tiny: bool) -> None:
