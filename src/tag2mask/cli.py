@@ -186,13 +186,20 @@ def _parser() -> argparse.ArgumentParser:
 
     seg = sub.add_parser(
         "segment",
-        help="text-to-semantic-mask on any image with a trained run",
+        help="text-to-semantic-mask on any image, with a trained run or training-free",
         description="Segment the named classes in any image with a finished run (App. D): segmentation-task CAMs "
-        "for those classes, CAA, quasi-superpixels of the image, SAMS. Writes a palette PNG and an overlay.",
+        "for those classes, CAA, quasi-superpixels of the image, SAMS. With --training-free, any class names and "
+        "no run: CLIP-ES's fixed prompts (clip_es.*), then SAMS (seeds.coarse.method=sams) or CLIP-ES's argmax "
+        "seeds (argmax). Writes a palette PNG (label k = the k-th class) and an overlay.",
     )
     seg.add_argument("image", help="an image file (jpg, png, ...)")
-    seg.add_argument("--classes", required=True, help='comma-separated class names of the run, e.g. "dog,person"')
-    seg.add_argument("--run", "--run-dir", dest="run", required=True, metavar="RUN_DIR", help="a finished run")
+    seg.add_argument("--classes", required=True, help='comma-separated class names, e.g. "dog,person" (with --run: '
+                     "names of the run's classes)")
+    seg.add_argument("--run", "--run-dir", dest="run", metavar="RUN_DIR", help="a finished run")
+    seg.add_argument("--training-free", action="store_true",
+                     help="no run: CLIP-ES's fixed prompts with the weights of --preset (models.clip, and SAM's "
+                     "file or superpixels.source=felzenszwalb)")
+    seg.add_argument("--preset", default="voc", help="with --training-free: the settings (default: %(default)s)")
     seg.add_argument("--out", default="segment-out", help="output folder (default: %(default)s)")
     seg.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (e.g. runtime.device=cpu)")
 
@@ -614,11 +621,17 @@ def _stage_two_hint(run_dir: Path, untrained: str) -> str:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from tag2mask.config import load_config
     from tag2mask.stages.rundir import RunDir
-    from tag2mask.stages.segment import segment_image
+    from tag2mask.stages.segment import segment_image, segment_image_training_free
 
-    run = RunDir.open(args.run)
-    config = load_config(run.path / RunDir.CONFIG, args.overrides)
-    result = segment_image(config, run.path, Path(args.image), args.classes, Path(args.out))
+    if args.training_free == bool(args.run):
+        raise Tag2MaskError("give --run RUN_DIR (a trained run) or --training-free (no run), one of the two")
+    if args.training_free:
+        config = load_config(args.preset, args.overrides)
+        result = segment_image_training_free(config, Path(args.image), args.classes, Path(args.out))
+    else:
+        run = RunDir.open(args.run)
+        config = load_config(run.path / RunDir.CONFIG, args.overrides)
+        result = segment_image(config, run.path, Path(args.image), args.classes, Path(args.out))
     if result.warning:
         print(result.warning)
     found = ", ".join(f"{name} {n} px" for name, n in result.pixels.items())

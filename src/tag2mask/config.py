@@ -220,6 +220,24 @@ class EvaluateConfig:
 
 
 @dataclass
+class ClipEsConfig:
+    """The training-free mode (CLIP-ES, CONTEXT §2; :mod:`tag2mask.cam.clip_es`): fixed prompts, no training."""
+
+    templates: list[str] = field(default_factory=lambda: ["a clean origami {}."])
+    """Prompt templates, each with one ``{}`` for the class name; several are averaged."""
+    box_thresh: float = 0.4
+    """CAA box threshold: CLIP-ES uses 0.4 on VOC and 0.7 on COCO."""
+    boxes: Literal["reference", "inclusive"] = "reference"
+    """``reference``: CLIP-ES's boxes, clipped so that the last row and column are never in (its quirk)."""
+    sinkhorn_iters: int = 3
+    power: int = 2
+    pos_embed_f16: bool = True
+    """Round the resized positional embedding to float16, as CLIP-ES does even in float32."""
+    bg_power: float = 1.0
+    """α of CLIP-ES's argmax seeds, ``bg = (1 − max fg)^α`` (CLIP-ES reports the better of 1 and 2 on GT)."""
+
+
+@dataclass
 class RuntimeConfig:
     """Where and how the run executes; never changes results."""
 
@@ -251,6 +269,7 @@ class Config:
     caa: CAAConfig = field(default_factory=CAAConfig)
     seeds: SeedsConfig = field(default_factory=SeedsConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    clip_es: ClipEsConfig = field(default_factory=ClipEsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def section(self, dotted: str) -> Any:
@@ -592,6 +611,13 @@ def _check_ranges(config: Config) -> None:
              "pow, alpha_bg or no_bg (thresh needs a constant background score, which has no setting yet)",
              s.bg_method)
     need(config.cams.att_layers > 0, "cams.att_layers", "a positive integer", config.cams.att_layers)
+    e = config.clip_es
+    need(len(e.templates) > 0 and all(t.count("{}") == 1 for t in e.templates), "clip_es.templates",
+         "a non-empty list of templates, each with one {} for the class name", e.templates)
+    need(_finite(e.box_thresh) and 0 <= e.box_thresh <= 1, "clip_es.box_thresh", "0 <= box_thresh <= 1", e.box_thresh)
+    need(e.sinkhorn_iters > 0, "clip_es.sinkhorn_iters", "a positive integer", e.sinkhorn_iters)
+    need(e.power > 0, "clip_es.power", "a positive integer", e.power)
+    need(_finite(e.bg_power) and e.bg_power >= 0, "clip_es.bg_power", "a finite number >= 0", e.bg_power)
     for key in ("cams.max_side", "superpixels.max_side"):
         value = _value_at(config, key)
         need(value == 0 or value >= 64, key, "0 (never downscale) or at least 64 pixels", value)

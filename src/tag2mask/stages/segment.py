@@ -1,14 +1,20 @@
-"""``tag2mask segment``: text-to-semantic-mask on any image with a trained run (App. D, Table S4).
+"""``tag2mask segment``: text-to-semantic-mask on any image, with a trained run (App. D, Table S4) or training-free.
 
-The given class names act as the image's tags: segmentation-task CAMs for those classes (SPEC §1.2, §3), CAA with
-the run's segmentation settings (§6), quasi-superpixels of the image from the run's source (§7), SAMS with the
-fine-seed settings (§8). Writes a palette PNG (label ids of the run's class list) and an overlay.
+With a run, the given class names act as the image's tags: segmentation-task CAMs for those classes (SPEC §1.2,
+§3), CAA with the run's segmentation settings (§6), quasi-superpixels of the image from the run's source (§7),
+SAMS with the fine-seed settings (§8). Writes a palette PNG (label ids of the run's class list) and an overlay.
+
+Training-free (:func:`training_free_labels`, ``--training-free``), any class names and no run: CLIP-ES's CAMs with
+fixed prompts (:mod:`tag2mask.cam.clip_es`, settings ``clip_es.*``), then SAMS with the coarse-seed settings on
+quasi-superpixels of the image (``seeds.coarse.method: sams``) or CLIP-ES's own argmax seeds (``argmax``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -75,11 +81,120 @@ def segment_image(config: Config, run_path: Path, image_path: Path, classes: str
                                 norm_first=s.norm_first, gather=s.gather, bg_method=s.bg_method,
                                 uncovered=s.uncovered))
     seed = resize_labels(seed, image.shape[:2])
+    # label c + 1 of the run's class list: the written names and pixel counts follow the run's ids
+    result = _write_segmentation(image, seed, list(class_names), Path(image_path).stem, out_dir, warning)
+    result.classes = [class_names[c] for c in fg_cls]
+    result.pixels = {class_names[c]: result.pixels[class_names[c]] for c in fg_cls}
+    return result
+
+
+def split_class_names(text: str) -> list[str]:
+    """The class names of a comma-separated ``--classes`` text, in order, once each; none is a clear error.
+
+    (A name with commas of its own, like CLIP-ES's ``"person with clothes,people,human"``, is a preset's prompt
+    name; on the command line each comma separates two classes.)"""
+    names: list[str] = []
+    for part in text.split(","):
+        if part.strip() and part.strip() not in names:
+            names.append(part.strip())
+    if not names:
+        raise Tag2MaskError("give at least one class name, e.g. --classes \"dog,person\"")
+    return names
+
+
+def training_free_labels(
+    image: np.ndarray,
+    class_names: Sequence[str],
+    config: Config | None = None,
+    *,
+    clip_model: Any = None,
+    generator: Any = None,
+) -> np.ndarray:
+    """Segment the named classes in one image without any training: ``H×W`` uint8 label map, 0 background and
+    ``k`` the ``k``-th of ``class_names`` (1-based).
+
+    Example::
+
+        from tag2mask.config import load_config
+        from tag2mask.data.base import read_rgb
+        from tag2mask.stages.segment import training_free_labels
+
+        labels = training_free_labels(read_rgb("photo.jpg"), ["dog", "person"],
+                                      load_config("voc", ["superpixels.source=felzenszwalb"]))
+
+    Args:
+        image: ``H×W×3`` uint8 RGB.
+        class_names: the classes to look for (the image's tags), in the words CLIP should read.
+        config: settings (default: the ``voc`` preset): ``models.clip``, ``data.bg_names`` (the background names
+            that compete with the classes), ``clip_es.*``, ``seeds.coarse`` (``method: sams`` needs
+            quasi-superpixels from ``superpixels.source``; ``argmax`` gives CLIP-ES's own seeds with
+            ``clip_es.bg_power``), ``cams.max_side``, ``superpixels.max_side``, ``runtime.device``.
+        clip_model, generator: a loaded CLIP and quasi-superpixel generator to reuse over many images (default:
+            loaded from ``config``).
+    """
+    from tag2mask.cam.clip_es import clip_es_cams
+    from tag2mask.config import load_config
+    from tag2mask.data.base import fit_image, resize_labels
+    from tag2mask.seeding import argmax_seed, sams_seed
+
+    config = config or load_config("voc")
+    names = [str(n).strip() for n in class_names]
+    if not names or any(not n for n in names) or len(set(names)) != len(names):
+        raise Tag2MaskError(f"class names must be distinct and non-empty, got {list(class_names)}")
+    if len(names) > 254:
+        raise Tag2MaskError(f"at most 254 classes fit a uint8 label map, got {len(names)}")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise Tag2MaskError(f"image must be H×W×3 uint8 RGB, got {image.shape} {image.dtype}")
+    device = runtime_device(config)
+    if clip_model is None:
+        from tag2mask.models.clip import load_clip
+
+        clip_model = load_clip(config.models.clip, device=device)
+    e = config.clip_es
+    work = fit_image(image, config.cams.max_side)  # a large photo goes through CLIP at its working size
+    arrays = clip_es_cams(clip_model, work, names, list(config.data.bg_names), templates=e.templates,
+                          box_thresh=e.box_thresh, boxes=e.boxes, sinkhorn_iters=e.sinkhorn_iters, power=e.power,
+                          att_layers=config.cams.att_layers, pos_embed_f16=e.pos_embed_f16)
+    fg = list(range(len(names)))
+    s = config.seeds.coarse
+    if s.method == "argmax":  # CLIP-ES's own seeds: float16 maps at the working size, bg = (1 − max)^α
+        highres = arrays["attn_highres"]
+        seed = np.asarray(argmax_seed(highres, fg, highres.shape[1:], bg_power=e.bg_power, normalise=False))
+    elif s.method == "sams":
+        if generator is None:
+            from tag2mask.stages.superpixels import build_generator
+
+            generator = build_generator(config, device)
+        superpixels = generator.generate(fit_image(image, config.superpixels.max_side))
+        seed = np.asarray(sams_seed(arrays["cam_refined"], fg, superpixels, None, s.bg_power,
+                                    norm_first=s.norm_first, gather=s.gather, bg_method=s.bg_method,
+                                    uncovered=s.uncovered))
+    else:
+        raise Tag2MaskError(f"seeds.coarse.method={s.method!r}: the training-free segment takes sams or argmax")
+    return resize_labels(seed, image.shape[:2])
+
+
+def segment_image_training_free(config: Config, image_path: Path, classes: str, out_dir: Path) -> SegmentResult:
+    """``tag2mask segment --training-free``: :func:`training_free_labels` on the image at ``image_path`` for the
+    comma-separated ``classes``; writes ``<stem>.png`` (label ``k`` = the ``k``-th class) and an overlay."""
+    from tag2mask.data.base import read_rgb
+    from tag2mask.models.vocabulary import model_fit_warning
+
+    names = split_class_names(classes)
+    image = read_rgb(image_path)
+    warning = model_fit_warning(config.models.clip, [*names, *config.data.bg_names], synthetic_images=None)
+    seed = training_free_labels(image, names, config)
+    return _write_segmentation(image, seed, names, Path(image_path).stem, out_dir, warning)
+
+
+def _write_segmentation(image: np.ndarray, seed: np.ndarray, names: list[str], stem: str, out_dir: Path,
+                        warning: str | None) -> SegmentResult:
+    """Write the palette PNG and the overlay of a label map whose label ``k`` is ``names[k - 1]``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(image_path).stem
     mask_path, overlay_path = out_dir / f"{stem}.png", out_dir / f"{stem}_overlay.png"
     write_label_png(mask_path, seed)
     with atomic_write(overlay_path, "wb") as f:
         Image.fromarray(overlay(image, seed)).save(f, format="PNG")
-    pixels = {class_names[c]: int((seed == c + 1).sum()) for c in fg_cls}
-    return SegmentResult(mask_path, overlay_path, [class_names[c] for c in fg_cls], pixels, warning)
+    pixels = {name: int((seed == k + 1).sum()) for k, name in enumerate(names)}
+    return SegmentResult(mask_path, overlay_path, names, pixels, warning)
