@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="ImageNet weights for the backbone: a file, a known name (tag2mask info), or none to train "
                     "from scratch (default: the known file of the backbone, looked up in $TAG2MASK_WEIGHTS and the "
                     "torch / Hugging Face caches)")
-    ts.add_argument("--labels", metavar="DIR", help="train on these label PNGs (<id>.png) instead of RUN/seeds_fine")
+    ts.add_argument("--labels", metavar="DIR", help="train on these label PNGs (<id>.png) instead of the run's "
+                    "seeds (RUN/seeds_fine; RUN/seeds_clip_es for a training-free run)")
     ts.add_argument("--name", help="output folder name under RUN/stage2 (default: the network)")
     ts.add_argument("--stop-after", type=int, metavar="N", help="stop after N iterations (resume later)")
     ts.add_argument("--overwrite", action="store_true",
@@ -214,6 +215,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Make the synthetic dataset in a run folder and run the pipeline on it.",
     )
     demo.add_argument("--out", default="tag2mask-demo", help="run folder to create (default: %(default)s)")
+    demo.add_argument("--training-free", action="store_true",
+                      help="the training-free mode (preset demo-clip-es: CLIP-ES's fixed prompts, then SAMS) in "
+                      "OUT/training-free, on the same synthetic data; prints it beside the trained demo's seeds "
+                      "when those exist")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides on the demo preset")
 
     info = sub.add_parser("info", help="versions, device, and which weight files were found where")
@@ -589,7 +594,7 @@ def _cmd_refine(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from tag2mask.config import load_config
-    from tag2mask.stages.pipeline import run_pipeline
+    from tag2mask.stages.pipeline import final_seeds, run_pipeline
     from tag2mask.stages.rundir import RunDir
 
     overrides = list(args.overrides) + ([f"data.root={args.data}"] if args.data else [])
@@ -603,7 +608,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from tag2mask.viz.report import write_report
 
     report = write_report(run_dir)
-    print(f"tag2mask run: finished in {total:.1f} s; fine seeds in {run_dir / 'seeds_fine'}; report {report}")
+    print(f"tag2mask run: finished in {total:.1f} s; seeds in {run_dir / final_seeds(config)}; report {report}")
     print(_stage_two_hint(run_dir, "next, stage II: tag2mask train-seg --run {run} --net deeplabv3plus (or mask2former)"))
     return 0
 
@@ -698,13 +703,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from tag2mask.config import load_config
     from tag2mask.data import open_dataset
-    from tag2mask.stages.pipeline import run_pipeline
+    from tag2mask.stages.pipeline import TRAINING_FREE_SEEDS, run_pipeline
     from tag2mask.viz.report import write_report
 
     out = Path(args.out)
-    config = load_config("demo", args.overrides)
+    preset = "demo-clip-es" if args.training_free else "demo"
+    config = load_config(preset, args.overrides)
     if not Path(config.data.root).is_absolute():  # the demo keeps its data inside its run folder
-        config = load_config("demo", [*args.overrides, f"data.root={(out / config.data.root).resolve()}"])
+        config = load_config(preset, [*args.overrides, f"data.root={(out / config.data.root).resolve()}"])
+    run_dir = out / "training-free" if args.training_free else out
     from tag2mask.errors import MissingWeightsError
     from tag2mask.models.weights import resolve_weight
 
@@ -719,9 +726,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     train = open_dataset("synthetic", config.data.root, config.data.train_split)
     print(f"tag2mask demo: {len(train)} synthetic images ({', '.join(train.class_names)}) in {config.data.root}; "
           f"models: CLIP {config.models.clip!r}, quasi-superpixels {config.superpixels.source}")
-    run_pipeline(config, out)
-    report = write_report(out)
-    m = _read_metrics(out)
+    run_pipeline(config, run_dir)
+    report = write_report(run_dir)
+    m = _read_metrics(run_dir)
+    if args.training_free:
+        if m:
+            trained = _read_metrics(out)
+            beside = (f"; the trained demo's fine seeds ({out}): {trained['seeds_fine']:.1f}" if "seeds_fine" in trained
+                      else f"; run 'tag2mask demo --out {out}' for the trained seeds beside them")
+            a = m["argmax_clip_es"]
+            print(f"training-free seed mIoU on the synthetic ground truth: {TRAINING_FREE_SEEDS[m['seed_method']]} "
+                  f"{m['seeds_clip_es']:.1f}, "
+                  f"CLIP-ES argmax {a['miou']:.1f} (alpha {a['bg_power']:g} tuned on the ground truth), all "
+                  f"background {m['all_background']:.1f}{beside}")
+        print(f"training-free seeds: {run_dir / 'seeds_clip_es'}; report: {report} "
+              f"({time.perf_counter() - t0:.0f} s in all)")
+        return 0
     if m:
         argmax = max(m["argmax_cls"]["miou"], m["argmax_seg"]["miou"])
         print(f"seed mIoU on the synthetic ground truth: fine {m['seeds_fine']:.1f}, coarse {m['seeds_coarse']:.1f}, "

@@ -33,7 +33,7 @@ import yaml
 
 from tag2mask.errors import ConfigError
 
-PRESETS = ("voc", "coco", "demo")
+PRESETS = ("voc", "coco", "demo", "voc-clip-es", "coco-clip-es", "demo-clip-es")
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
@@ -260,6 +260,8 @@ class Config:
     """The whole pipeline's configuration."""
 
     preset: str = "voc"
+    pipeline: Literal["fma", "clip_es"] = "fma"
+    """``fma``: the trained coarse-to-fine method; ``clip_es``: training-free (CLIP-ES's CAMs, then seeds)."""
     data: DataConfig = field(default_factory=DataConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     superpixels: SuperpixelsConfig = field(default_factory=SuperpixelsConfig)
@@ -671,6 +673,10 @@ PIPELINE: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
     ("train_seg", "seeds_coarse", ("prompts.seg", "train.seg")),
     ("cams_seg", "train_seg", ("cams", "caa.seg")),
     ("seeds_fine", "cams_seg", ("seeds.fine",)),
+    # the training-free pipeline (pipeline: clip_es)
+    ("cams_clip_es", None, ("data", "models.clip", "cams", "clip_es.templates", "clip_es.box_thresh", "clip_es.boxes",
+                            "clip_es.sinkhorn_iters", "clip_es.power", "clip_es.pos_embed_f16")),
+    ("seeds_clip_es", "cams_clip_es", ("seeds.coarse", "clip_es.bg_power")),  # bg_power: CLIP-ES's argmax alpha
 )
 
 

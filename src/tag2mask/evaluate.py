@@ -328,8 +328,10 @@ def sweep_bg_power(
     powers: Sequence[float],
     num_classes: int,
     ignore_index: int = 255,
+    normalise: bool = True,
 ) -> dict[float, float]:
     """mIoU of plain argmax seeds for each background exponent (SPEC §9 CAM evaluation; §13 items 7–8).
+    ``normalise=False``: the maps are scores already (CLIP-ES's float16 maps at the image size).
 
     ``cams_iter`` yields ``(cam P×h×w, fg_cls, (H, W))`` and ``gts_iter`` the matching ``H×W`` ground truths (same
     order and length); both are consumed once, every power is evaluated per image
@@ -351,5 +353,5 @@ def sweep_bg_power(
         if tuple(gt_arr.shape) != tuple(size):
             raise ValueError(f"ground truth is {gt_arr.shape} but the seed size is {tuple(size)}")
         for p in ps:
-            cms[p].update(argmax_seed(cam, fg_cls, size, p), gt_arr)
+            cms[p].update(argmax_seed(cam, fg_cls, size, p, normalise=normalise), gt_arr)
     return {p: cms[p].miou() for p in ps}

@@ -64,15 +64,14 @@ def clip_es_model(clip_model: Any, num_fg: int, pos_embed_f16: bool = True, att_
 
 def clip_es_refine(
     out: CamOutput,
-    size: tuple[int, int],
     *,
     box_thresh: float = 0.4,
     boxes: BoxMode = "reference",
     sinkhorn_iters: int = 3,
     power: int = 2,
 ) -> dict[str, np.ndarray]:
-    """CLIP-ES's post-processing of one image's Softmax-GradCAM output (``out``: one image, attention asked for):
-    the normalised CAMs, the box masks, the CAA-refined CAMs and their high-resolution float16 maps of ``size``."""
+    """CLIP-ES's post-processing of one image's Softmax-GradCAM output (``out``: one image, attention asked for),
+    on the patch grid: the normalised CAMs, the box masks and the CAA-refined CAMs (``cam_refined``)."""
     if out.att is None or out.att.shape[0] != 1:
         raise ValueError("clip_es_refine needs one image's output with its attention (need_attention=True)")
     with torch.no_grad():
@@ -83,11 +82,6 @@ def clip_es_refine(
         # caa_refine min-maxes its input once more itself: given cam_norm1 it boxes and propagates cam_norm
         refined = caa_refine(cam_norm1, att, sinkhorn_iters=sinkhorn_iters, power=power, box_thresh=box_thresh,
                              propagate="score", boxes=boxes)
-        refined_norm = minmax_norm(refined)
-    h, w = int(size[0]), int(size[1])
-    refined_np = refined_norm.cpu().numpy()
-    highres = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in refined_np]) if len(
-        refined_np) else np.zeros((0, h, w), np.float32)
     return {
         "cam_raw": cam_raw.cpu().numpy(),
         "cam_norm1": cam_norm1.cpu().numpy(),
@@ -95,9 +89,17 @@ def clip_es_refine(
         "attn_merged8": att.cpu().numpy(),
         "box_mask": box_masks(cam_norm, box_thresh, boxes).astype(np.float32),
         "cam_refined": refined.cpu().numpy(),
-        "cam_refined_norm": refined_np,
-        "attn_highres": highres.astype(np.float16),
     }
+
+
+def clip_es_highres(cam_refined: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """CLIP-ES's saved maps (``attn_highres``): the refined CAMs min-maxed on the grid, resized bilinearly by
+    OpenCV to ``size = (H, W)``, in float16. What its seeds are computed from."""
+    refined = minmax_norm(torch.as_tensor(np.asarray(cam_refined, np.float32))).numpy()
+    h, w = int(size[0]), int(size[1])
+    if len(refined) == 0:
+        return np.zeros((0, h, w), np.float16)
+    return np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in refined]).astype(np.float16)
 
 
 def clip_es_cams(
@@ -138,8 +140,9 @@ def clip_es_cams(
     x = prepare_image(image).to(device)
     labels = torch.ones(1, len(fg_names), device=device)
     out = model(x, labels, need_attention=True, text_features=text)
-    arrays = clip_es_refine(out, image.shape[:2], box_thresh=box_thresh, boxes=boxes, sinkhorn_iters=sinkhorn_iters,
-                            power=power)
+    arrays = clip_es_refine(out, box_thresh=box_thresh, boxes=boxes, sinkhorn_iters=sinkhorn_iters, power=power)
+    arrays["cam_refined_norm"] = minmax_norm(torch.from_numpy(arrays["cam_refined"])).numpy()
+    arrays["attn_highres"] = clip_es_highres(arrays["cam_refined"], image.shape[:2])
     return {
         "text_features": text.cpu().numpy(),
         "image_embedding": out.image_embedding[0].cpu().numpy(),

@@ -75,6 +75,33 @@ def cam_one(model: Any, image: np.ndarray, fg_cls: np.ndarray, config: Config, t
     return arrays
 
 
+def clip_es_cam_one(model: Any, image: np.ndarray, fg_cls: np.ndarray, config: Config, device: str,
+                    text_features: Any) -> dict:
+    """The arrays of one image's training-free CAM file (``pipeline: clip_es``): ``cam`` is CLIP-ES's refined CAM
+    on the patch grid (:func:`~tag2mask.cam.clip_es.clip_es_refine`), ``cam_raw`` its Softmax-GradCAM; ``model``
+    has every class's fixed prompt (the softmax runs over the image's tagged classes and the background names
+    only, as in CLIP-ES)."""
+    import torch
+
+    from tag2mask.cam.clip_es import clip_es_refine
+
+    x = prepare_image(image, config.cams.align, config.cams.max_side).to(device)
+    labels = torch.zeros(1, model.num_fg, device=device)
+    labels[0, torch.as_tensor(fg_cls, device=device)] = 1.0
+    out = model(x, labels, need_attention=True, text_features=text_features)
+    e = config.clip_es
+    with torch.autocast(x.device.type, enabled=False):
+        arrays = clip_es_refine(out, box_thresh=e.box_thresh, boxes=e.boxes, sinkhorn_iters=e.sinkhorn_iters,
+                                power=e.power)
+    return {
+        "cam": arrays["cam_refined"],
+        "cam_raw": arrays["cam_raw"],
+        "fg_cls": out.pairs[:, 1].cpu().numpy().astype(np.int64),
+        "size": np.asarray(image.shape[:2], np.int64),
+        "logits": out.logits[0].detach().float().cpu().numpy(),
+    }
+
+
 def load_cam_file(path: Path) -> dict[str, np.ndarray]:
     """Read and check one CAM file (ours or external): ``cam`` P×h×w, ``fg_cls`` P, optional ``size``/``att``."""
     try:
@@ -152,6 +179,8 @@ def _computer(config: Config, task: str, dataset: Any, context: Path | None):
     from tag2mask.cam import GradCAMClip
     from tag2mask.models.clip import load_clip
 
+    if task == "clip_es":
+        return _clip_es_computer(config, dataset)
     if context is None or not Path(context).is_file():
         raise Tag2MaskError(
             f"prompt weights for the {task} task not found ({context}); train them with "
@@ -169,6 +198,26 @@ def _computer(config: Config, task: str, dataset: Any, context: Path | None):
     def step(image_id: str) -> dict:
         fg = np.asarray(dataset[image_id].labels, np.int64)
         return cam_one(model, dataset.load_image(image_id), fg, config, task, device, text_features)
+
+    return step
+
+
+def _clip_es_computer(config: Config, dataset: Any):
+    """The training-free CAMs: every class's fixed prompt encoded once, then one image at a time."""
+    from tag2mask.cam.clip_es import clip_es_model, clip_es_text_features
+    from tag2mask.models.clip import load_clip
+
+    device = runtime_device(config)
+    clip = load_clip(config.models.clip, device=device)
+    fg = list(config.data.fg_names) or list(dataset.class_names)
+    e = config.clip_es
+    text_features = clip_es_text_features(clip, [*fg, *config.data.bg_names], e.templates)
+    model = clip_es_model(clip, len(fg), e.pos_embed_f16, config.cams.att_layers)
+    log.info("cams: training-free (CLIP-ES), %d templates, device %s", len(e.templates), device)
+
+    def step(image_id: str) -> dict:
+        fg_cls = np.asarray(dataset[image_id].labels, np.int64)
+        return clip_es_cam_one(model, dataset.load_image(image_id), fg_cls, config, device, text_features)
 
     return step
 

@@ -115,12 +115,15 @@ def all_background_miou(config: Config, split: str, limit: int | None = None) ->
     return 100.0 * float(conf.miou())
 
 
-def argmax_sweep(config: Config, cams_dir: Path, split: str, limit: int | None = None) -> dict[float, float]:
+def argmax_sweep(config: Config, cams_dir: Path, split: str, limit: int | None = None,
+                 clip_es: bool = False) -> dict[float, float]:
     """mIoU (0..1) of plain argmax seeds of the CAMs in ``cams_dir`` for every ``evaluate.argmax_bg_powers``.
 
     The best power is chosen with ground truth: label the result so (SPEC §13 items 7–8). An image without a CAM
-    file (no positive label) counts as an all-background seed.
+    file (no positive label) counts as an all-background seed. ``clip_es``: training-free CAMs, whose argmax seeds
+    are CLIP-ES's (its float16 maps at the image size, α = the power; CONTEXT §2.5).
     """
+    from tag2mask.cam.clip_es import clip_es_highres
     from tag2mask.evaluate import sweep_bg_power
     from tag2mask.stages.cams import load_cam_file
 
@@ -132,10 +135,11 @@ def argmax_sweep(config: Config, cams_dir: Path, split: str, limit: int | None =
             path = Path(cams_dir) / f"{image_id}.npz"
             if path.is_file():
                 z = load_cam_file(path)
-                yield z["cam"], z["fg_cls"], tuple(int(v) for v in z["size"])
+                size = tuple(int(v) for v in z["size"])
+                yield (clip_es_highres(z["cam"], size) if clip_es else z["cam"]), z["fg_cls"], size
             else:
                 yield np.zeros((0, 1, 1), np.float32), np.zeros(0, np.int64), dataset.load_mask(image_id).shape
 
     gts = (dataset.load_mask(i) for i in ids)
     return sweep_bg_power(cams(), gts, list(config.evaluate.argmax_bg_powers), dataset.num_classes + 1,
-                          config.evaluate.ignore_index)
+                          config.evaluate.ignore_index, normalise=not clip_es)

@@ -3,6 +3,9 @@
 quasi-superpixels → classification-task training → CAMs + CAA → coarse seeds → segmentation-task training →
 CAMs + CAA → fine seeds → evaluation (when the split has ground truth).
 
+Training-free (``pipeline: clip_es``, presets ``*-clip-es``): quasi-superpixels (when the seeds are SAMS's) →
+CLIP-ES's CAMs with fixed prompts → seeds (SAMS on them, or CLIP-ES's own argmax) → evaluation.
+
 Each stage is skipped when the manifest says it finished under the same config hash; a stage that was interrupted
 resumes where it stopped (per image, or from the training resume state). Under ``torchrun`` every per-image stage
 shards its images over the ranks and prompt training runs data-parallel; rank 0 keeps the books.
@@ -32,6 +35,28 @@ from tag2mask.stages.common import (
 from tag2mask.stages.rundir import RunDir
 
 STEPS = ("superpixels", "train_cls", "cams_cls", "seeds_coarse", "train_seg", "cams_seg", "seeds_fine", "evaluate")
+STEPS_TRAINING_FREE = ("superpixels", "cams_clip_es", "seeds_clip_es", "evaluate")  # pipeline: clip_es
+
+
+def steps_of(config: Config) -> tuple[str, ...]:
+    """The stages ``tag2mask run`` goes through for ``config.pipeline``."""
+    return STEPS_TRAINING_FREE if config.pipeline == "clip_es" else STEPS
+
+
+TRAINING_FREE_SEEDS = {"sams": "CLIP-ES + SAMS", "argmax": "CLIP-ES argmax", "crf": "CLIP-ES + dense CRF"}
+"""What the training-free seeds are called, by ``seeds.coarse.method``."""
+
+
+def final_seeds(config: Config) -> str:
+    """The stage folder of the run's final seeds (what stage II trains on by default)."""
+    return "seeds_clip_es" if config.pipeline == "clip_es" else "seeds_fine"
+
+
+def needs_superpixels(config: Config) -> bool:
+    """Whether any seed stage of the pipeline seeds by SAMS (and so reads quasi-superpixels)."""
+    if config.pipeline == "clip_es":
+        return config.seeds.coarse.method == "sams"
+    return "sams" in (config.seeds.coarse.method, config.seeds.fine.method)
 
 
 @dataclass
@@ -80,7 +105,7 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
         """Run one stage under ``key`` (default: its config hash). A training stage done under the same key (which
         covers its data) is skipped; a per-image stage always looks, image by image, for what changed
         (:mod:`tag2mask.stages.inputs`) and is skipped when nothing did."""
-        label = f"[{number}/{len(STEPS)}] {name}"
+        label = f"[{number}/{len(steps_of(config))}] {name}"
         key = key or hashes[name]
         done_before = run.is_done(name, key)
         if done_before and name.startswith("train_"):
@@ -129,6 +154,10 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
 
         return work
 
+    def cams_training_free(folder: Path) -> tuple[dict[str, int], bool]:
+        r = run_cams(config, "clip_es", split, folder, **common)
+        return {"images": r.total, "computed": r.computed}, r.complete
+
     def seeds(task: str) -> Callable[[Path], tuple[dict[str, int], bool]]:
         def work(folder: Path) -> tuple[dict[str, int], bool]:
             r = run_seeds(config, task, split, run.stage_dir(f"cams_{task}"), folder, **common)
@@ -147,6 +176,12 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
     if skipped:
         out(f"data check: {len(skipped)} bad sample(s) of {split} left out (data.on_error=skip), e.g. "
             f"{skipped[0][1]}; all listed in manifest.json and the report")
+    if config.pipeline == "clip_es":
+        _training_free_steps(config, run, step, superpixels, cams_training_free, seeds, split, out)
+        if lead:
+            result.metrics = evaluate_run(config, run, limit=limit, say=out)
+        barrier()
+        return result
     step(1, "superpixels", {"split": split, "folder": str(superpixels_dir(config, split))}, superpixels)
     key = train_stage_hash(config, "cls", run_path=run.path)
     step(2, "train_cls", {"split": split}, train("cls", key), key)
@@ -162,6 +197,19 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
     return result
 
 
+def _training_free_steps(config: Config, run: RunDir, step: Callable, superpixels: Callable, cams: Callable,
+                         seeds: Callable, split: str, say: Callable[[str], None]) -> None:
+    """The stages of ``pipeline: clip_es`` (no prompt training): superpixels when SAMS seeds, CAMs, seeds."""
+    from tag2mask.stages.superpixels import superpixels_dir
+
+    if needs_superpixels(config):
+        step(1, "superpixels", {"split": split, "folder": str(superpixels_dir(config, split))}, superpixels)
+    else:
+        say(f"[1/{len(STEPS_TRAINING_FREE)}] superpixels: not needed (seeds.coarse.method={config.seeds.coarse.method})")
+    step(2, "cams_clip_es", {"split": split, "prompts": list(config.clip_es.templates)}, cams)
+    step(3, "seeds_clip_es", {"split": split}, seeds("clip_es"))
+
+
 def preflight(config: Config, *, limit: int | None = None) -> list[tuple[str, str]]:
     """What can be checked before any work, each a one-line error naming what to change: the training split
     opens and passes the data check (every image decodes, every mask fits; ``data.on_error=raise`` stops at the
@@ -175,9 +223,10 @@ def preflight(config: Config, *, limit: int | None = None) -> list[tuple[str, st
     dataset = open_split(config, config.data.train_split)
     if config.data.on_error == "raise":  # (with skip, open_split has checked it already)
         check_data(config, dataset)
-    check_batch_sizes(config, len(dataset))
+    if config.pipeline == "fma":  # the training-free pipeline trains nothing
+        check_batch_sizes(config, len(dataset))
     resolve_weight(config.models.clip, kind="clip")
-    if config.superpixels.source == "sam" and import_source(config) is None:
+    if needs_superpixels(config) and config.superpixels.source == "sam" and import_source(config) is None:
         folder = superpixels_dir(config, config.data.train_split)
         ids = dataset.ids[:limit] if limit else dataset.ids
         if any(not Path(f"{superpixel_path(folder, i)}.json").is_file() for i in ids):
@@ -198,7 +247,8 @@ def evaluate_run(config: Config, run: RunDir, *, limit: int | None = None, say: 
     from tag2mask.stages.evaluate import all_background_miou, argmax_sweep, miou_percent, run_evaluate, write_report
 
     split = config.data.eval_split
-    label = f"[{len(STEPS)}/{len(STEPS)}] evaluate"
+    n = len(steps_of(config))
+    label = f"[{n}/{n}] evaluate"
     dataset = open_split(config, split)
     if not dataset.has_masks:
         say(f"{label}: split {split} has no ground truth, nothing to evaluate")
@@ -208,6 +258,8 @@ def evaluate_run(config: Config, run: RunDir, *, limit: int | None = None, say: 
         return {}
     ids = dataset.ids[:limit] if limit else dataset.ids
     metrics: dict[str, Any] = {"split": split, "images": len(ids), "all_background": all_background_miou(config, split, limit)}
+    if config.pipeline == "clip_es":
+        return _evaluate_training_free(config, run, metrics, ids, label, limit, say)
     for name in ("seeds_coarse", "seeds_fine"):
         report = run_evaluate(config, run.stage_dir(name), split, limit=limit, show_progress=False)
         write_report(report, run.path / "evaluate" / f"{name}_{split}")
@@ -224,4 +276,30 @@ def evaluate_run(config: Config, run: RunDir, *, limit: int | None = None, say: 
     say(f"{label}: seed mIoU on {split} ({len(ids)} images): fine {metrics['seeds_fine']:.1f}, "
         f"coarse {metrics['seeds_coarse']:.1f}, argmax (seg CAMs, best p={metrics['argmax_seg']['bg_power']:g}, "
         f"tuned on GT) {metrics['argmax_seg']['miou']:.1f}, all background {metrics['all_background']:.1f}")
+    return metrics
+
+
+def _evaluate_training_free(config: Config, run: RunDir, metrics: dict[str, Any], ids: list[str], label: str,
+                            limit: int | None, say: Callable[[str], None]) -> dict:
+    """The training-free run's seeds and CLIP-ES's own argmax seeds (α tuned on the ground truth, as CLIP-ES
+    reports them), with the protocol."""
+    from tag2mask.stages.evaluate import argmax_sweep, miou_percent, run_evaluate, write_report
+
+    split = config.data.eval_split
+    report = run_evaluate(config, run.stage_dir("seeds_clip_es"), split, limit=limit, show_progress=False)
+    write_report(report, run.path / "evaluate" / f"seeds_clip_es_{split}")
+    method = config.seeds.coarse.method
+    metrics.update(pipeline="clip_es", seeds_clip_es=miou_percent(report), seed_method=method,
+                   protocol=report["protocol"]["description"])
+    powers = list(config.evaluate.argmax_bg_powers)
+    sweep = argmax_sweep(config, run.stage_dir("cams_clip_es"), split, limit, clip_es=True)
+    best = max(sweep, key=lambda p: sweep[p])
+    metrics["argmax_clip_es"] = {"miou": 100.0 * sweep[best], "bg_power": best,
+                                 "tuned_on_ground_truth": f"alpha chosen among {powers} by GT mIoU on {split}",
+                                 "sweep": {str(p): 100.0 * v for p, v in sweep.items()}}
+    write_json(run.path / "metrics.json", metrics)
+    what = TRAINING_FREE_SEEDS[method] + (f" (alpha {config.clip_es.bg_power:g})" if method == "argmax" else "")
+    say(f"{label}: training-free seed mIoU on {split} ({len(ids)} images): {what} {metrics['seeds_clip_es']:.1f}, "
+        f"CLIP-ES argmax (best alpha={best:g}, tuned on GT) {metrics['argmax_clip_es']['miou']:.1f}, all background "
+        f"{metrics['all_background']:.1f}")
     return metrics

@@ -26,7 +26,7 @@ from tag2mask.stages.rundir import ItemsResult, shard
 from tag2mask.stages.superpixels import superpixel_path
 from tag2mask.stages.superpixels import superpixels_dir as default_superpixels_dir
 
-SEEDS_OF_TASK = {"cls": "coarse", "seg": "fine"}
+SEEDS_OF_TASK = {"cls": "coarse", "seg": "fine", "clip_es": "coarse"}  # the training-free seeds: seeds.coarse
 
 
 def seed_one(
@@ -35,8 +35,12 @@ def seed_one(
     settings: SeedTaskConfig,
     superpixels: Any = None,
     image: np.ndarray | None = None,
+    clip_es_alpha: float | None = None,
 ) -> np.ndarray:
-    """One image's seed from its CAM file's arrays with the given settings (SPEC §8, §9, §8.1)."""
+    """One image's seed from its CAM file's arrays with the given settings (SPEC §8, §9, §8.1).
+
+    ``clip_es_alpha``: the CAMs are training-free ones and ``argmax`` makes CLIP-ES's own seeds with this α
+    (float16 maps, :func:`~tag2mask.cam.clip_es.clip_es_highres`), instead of FMA's argmax seeds."""
     if cam_file is None or len(cam_file["fg_cls"]) == 0:
         return np.zeros(size, np.uint8)
     cam, fg = cam_file["cam"], cam_file["fg_cls"]
@@ -50,6 +54,10 @@ def seed_one(
     if settings.method == "argmax":
         from tag2mask.seeding import argmax_seed
 
+        if clip_es_alpha is not None:
+            from tag2mask.cam.clip_es import clip_es_highres
+
+            return np.asarray(argmax_seed(clip_es_highres(cam, size), fg, size, clip_es_alpha, normalise=False))
         return np.asarray(argmax_seed(cam, fg, size, settings.bg_power))
     from tag2mask.seeding.crf import crf_seed
 
@@ -115,7 +123,7 @@ def run_seeds(
                                 "make them again with 'tag2mask superpixels'")
         # SAMS works at the superpixels' size (the working size of a large photo), then the seed gets the image's
         seed = seed_one(cam_file, tuple(superpixels.size) if superpixels is not None else size, settings, superpixels,
-                        image)
+                        image, config.clip_es.bg_power if task == "clip_es" else None)
         seed = resize_labels(seed, size)
         output(image_id).parent.mkdir(parents=True, exist_ok=True)
         write_label_png(output(image_id), seed)

@@ -160,6 +160,7 @@ def run_train_seg(
     ``overwrite`` (then it is cleared) — choose another ``name`` to keep both.
     """
     from tag2mask.segmenters.loop import SeedTrainSet, train_segmenter
+    from tag2mask.stages.pipeline import final_seeds
 
     config = run.config
     recipe = load_recipe(net, config.data.dataset, overrides)
@@ -167,7 +168,8 @@ def run_train_seg(
     if recipe.backbone_weights not in ("auto", "none") and weights_path.is_file():
         recipe.backbone_weights = str(weights_path.resolve())  # the same file under any spelling, one hash
     name = name or net
-    labels = Path(labels_dir) if labels_dir is not None else run.stage_dir("seeds_fine")
+    seeds_stage = final_seeds(config)  # seeds_fine, or seeds_clip_es for a training-free run
+    labels = Path(labels_dir) if labels_dir is not None else run.stage_dir(seeds_stage)
     dataset = open_split(config, config.data.train_split)
     check_labels(dataset, labels)
     device = runtime_device(config)
@@ -179,9 +181,9 @@ def run_train_seg(
                           "or less to tag2mask train-seg")
     total = total_iterations(recipe, len(dataset))
     labels_id = str(labels.resolve())
-    seeds = run.stage_record("seeds_fine")
+    seeds = run.stage_record(seeds_stage)
     if labels_dir is None and seeds is not None:
-        labels_id = f"seeds_fine:{seeds.config_hash}"
+        labels_id = f"{seeds_stage}:{seeds.config_hash}"
     # the images, their tags and every label PNG read: a changed one trains again (tag2mask.stages.inputs)
     h = with_data(recipe_hash(recipe, labels_id), data_fingerprint(dataset, lambda item: [labels / f"{item}.png"]))
     stage = stage_name(name)

@@ -342,6 +342,8 @@ def _seed_quality(run: _Run) -> str:
     if not m:
         why = "metrics.json not found (the evaluate step has not run yet, or the split has no ground truth)"
         return _na(why)
+    if m.get("pipeline") == "clip_es":
+        return _seed_quality_training_free(run)
     fine = m.get("seeds_fine")
     c = run.config
     rows: list[tuple[str, Any, str]] = [("all background", m.get("all_background"), "the floor any seed must beat")]
@@ -408,6 +410,39 @@ def _seed_quality(run: _Run) -> str:
                           [True, False, True, True, True, False]))
         out.append('<p class="note">mIoU = mean IoU over the classes present in the ground truth, background '
                    "included. Classes absent from both ground truth and seeds show n/a.</p>")
+    return "\n".join(out)
+
+
+def _seed_quality_training_free(run: _Run) -> str:
+    """Seed quality of a training-free run (``pipeline: clip_es``): its seeds, CLIP-ES's argmax seeds and the
+    all-background floor, with the protocol and the per-class IoU."""
+    m = run.metrics
+    a = m.get("argmax_clip_es") or {}
+    sweep = ", ".join(f"alpha={float(p):g}: {_num(v)}" for p, v in (a.get("sweep") or {}).items())
+    method = str(m.get("seed_method", "sams"))
+    rows = [
+        ["all background", _num(m.get("all_background")), "the floor any seed must beat"],
+        ["CLIP-ES argmax seeds", _num(a.get("miou")), escape(f"best alpha={float(a.get('bg_power', float('nan'))):g}, "
+                                                             f"tuned on ground truth ({a.get('tuned_on_ground_truth', '')}); "
+                                                             f"sweep {sweep}")],
+        [escape(f"training-free seeds ({method})"), _num(m.get("seeds_clip_es")),
+         escape(f"seeds.coarse.method={method} on CLIP-ES's CAMs (no prompt training)")],
+    ]
+    out = [f"<p>Training-free seed mIoU (%) on <b>{escape(str(m.get('split', '?')))}</b> "
+           f"({escape(str(m.get('images', '?')))} images): CLIP-ES's fixed prompts, no prompt training.</p>",
+           _table(["seeds", "mIoU (%)", "how"], rows, [False, True, False], ["", "", "best"])]
+    report = _eval_report(run, "seeds_clip_es")
+    protocol = (report or {}).get("protocol", {}).get("description") or m.get("protocol")
+    out.append("<h3>Evaluation protocol</h3>")
+    out.append(f"<pre>{escape(str(protocol))}</pre>" if protocol else _na("no protocol recorded in metrics.json"))
+    out.append("<h3>Per-class IoU (%)</h3>")
+    if report is None or not report.get("per_class"):
+        out.append(_na("evaluate/seeds_clip_es_<split>.json not found"))
+    else:
+        rows2 = [[str(r["id"]), _swatch(int(r["id"])) + escape(str(r["class"])),
+                  _num(None if r.get("iou") is None else 100.0 * r["iou"]), str(r.get("gt_pixels", "")),
+                  "yes" if r.get("in_mean") else "no"] for r in report["per_class"]]
+        out.append(_table(["id", "class", "IoU", "GT pixels", "in mIoU"], rows2, [True, False, True, True, False]))
     return "\n".join(out)
 
 

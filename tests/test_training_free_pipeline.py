@@ -1,0 +1,105 @@
+"""``pipeline: clip_es`` (presets ``*-clip-es``, ``tag2mask demo --training-free``): seeds without prompt training.
+
+The run goes superpixels → CLIP-ES CAMs → seeds → evaluation; its CAM files are :func:`clip_es_cams` of each image
+(the one-image API held against CLIP-ES itself), its argmax seeds are CLIP-ES's, and the evaluation reports the
+seeds, CLIP-ES's argmax with α tuned on the ground truth (labelled so), and the all-background floor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tag2mask.cam.clip_es import clip_es_cams, clip_es_highres
+from tag2mask.cli import main
+from tag2mask.config import load_config
+from tag2mask.io import load_npz, read_label_png
+from tag2mask.seeding import argmax_seed
+from tag2mask.stages.pipeline import STEPS_TRAINING_FREE, final_seeds, needs_superpixels
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    import contextlib
+    import io
+
+    base = tmp_path_factory.mktemp("free")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["run", "--preset", "demo-clip-es", "--run-dir", str(base / "run"), f"data.root={base / 'data'}"])
+    assert code == 0
+    return base, printed.getvalue()
+
+
+def test_presets_say_what_they_are() -> None:
+    voc, coco, demo = (load_config(f"{n}-clip-es") for n in ("voc", "coco", "demo"))
+    assert voc.pipeline == coco.pipeline == demo.pipeline == "clip_es" and load_config("voc").pipeline == "fma"
+    assert voc.data.train_split == voc.data.eval_split == "train"  # CLIP-ES's VOC protocol: train, 1,464 images
+    assert voc.clip_es.box_thresh == 0.4 and coco.clip_es.box_thresh == 0.7
+    assert voc.clip_es.templates == ["a clean origami {}."] and len(voc.data.bg_names) == 25
+    assert len(coco.data.bg_names) == 23 and "keyboard" not in coco.data.bg_names
+    assert final_seeds(voc) == "seeds_clip_es" and final_seeds(load_config("voc")) == "seeds_fine"
+    assert needs_superpixels(voc) and not needs_superpixels(load_config("voc-clip-es", ["seeds.coarse.method=argmax"]))
+
+
+def test_the_run_trains_nothing_and_reports_all_seeds(run: tuple[Path, str]) -> None:
+    base, printed = run
+    folder = base / "run"
+    assert not (folder / "train_cls").exists() and not (folder / "train_seg").exists()
+    assert all(f"[{i}/{len(STEPS_TRAINING_FREE)}]" in printed for i in range(1, 5))
+    m = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    assert m["pipeline"] == "clip_es" and m["seed_method"] == "sams" and m["images"] == 48
+    assert "tuned on GT" in printed and "alpha chosen among [1.0, 2.0] by GT mIoU on train" in json.dumps(m)
+    # measured: CLIP-ES + SAMS 78.8, CLIP-ES argmax 47.6, all background 14.1 (the trained demo: fine 83.3)
+    assert m["seeds_clip_es"] > m["argmax_clip_es"]["miou"] + 20 > m["all_background"] + 40, m
+    assert (folder / "evaluate" / "seeds_clip_es_train.md").is_file()
+    assert "Training-free seed mIoU" in (folder / "report.html").read_text(encoding="utf-8")
+
+
+def test_cam_files_are_clip_es_cams_of_the_image(run: tuple[Path, str]) -> None:
+    from tag2mask.data import open_dataset
+    from tag2mask.models.clip import load_clip
+
+    base, _ = run
+    config = load_config("demo-clip-es", [f"data.root={base / 'data'}"])
+    dataset = open_dataset("synthetic", base / "data", "train")
+    clip = load_clip(config.models.clip)
+    for image_id in dataset.ids[:3]:
+        z = load_npz(base / "run" / "cams_clip_es" / f"{image_id}.npz")
+        fg = list(dataset[image_id].labels)
+        names = [config.data.fg_names[k] for k in fg]
+        ref = clip_es_cams(clip, dataset.load_image(image_id), names, list(config.data.bg_names),
+                           templates=config.clip_es.templates)
+        assert z["fg_cls"].tolist() == fg and tuple(z["size"]) == dataset.load_image(image_id).shape[:2]
+        # the stage encodes every class's prompt once and masks the softmax; the one-image call encodes the image's
+        scale = np.abs(ref["cam_refined"]).max()
+        assert np.abs(z["cam"] - ref["cam_refined"]).max() <= 1e-5 * scale
+        assert np.abs(z["cam_raw"] - ref["cam_raw"]).max() <= 1e-5 * np.abs(ref["cam_raw"]).max()
+
+
+def test_argmax_seeds_are_clip_es_own_and_a_rerun_skips(run: tuple[Path, str], capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    base, _ = run
+    folder = base / "run"
+    assert main(["run", "--run-dir", str(folder), "seeds.coarse.method=argmax", "clip_es.bg_power=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "superpixels: not needed" in printed and "cams_clip_es: done earlier, skipped" in printed
+    path = next(iter(sorted((folder / "cams_clip_es").glob("*.npz"))))
+    z = load_npz(path)
+    size = tuple(int(v) for v in z["size"])
+    expected = argmax_seed(clip_es_highres(z["cam"], size), z["fg_cls"], size, 2.0, normalise=False)
+    np.testing.assert_array_equal(read_label_png(folder / "seeds_clip_es" / f"{path.stem}.png"), expected)
+    m = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    assert m["seed_method"] == "argmax" and "CLIP-ES argmax (alpha 2)" in printed
+
+
+def test_demo_training_free_beside_the_trained_demo(demo_run: tuple[Path, str],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    folder, _ = demo_run
+    assert main(["demo", "--out", str(folder), "--training-free"]) == 0
+    printed = capsys.readouterr().out
+    assert "training-free seed mIoU on the synthetic ground truth: CLIP-ES + SAMS" in printed
+    assert "the trained demo's fine seeds" in printed and "83.3" in printed
+    assert (folder / "training-free" / "seeds_clip_es").is_dir() and not (folder / "training-free" / "train_cls").exists()
