@@ -4,6 +4,8 @@ intermediate of one 375×500 image tagged ``boat``, computed by CLIP-ES's code o
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +32,22 @@ def case() -> dict[str, np.ndarray]:
         return dict(z)
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """The case was computed with one thread; the session's own thread count is restored afterwards (other tests
+    compare files made in this process with files made by fresh processes)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ours(random_vit_b16: torch.nn.Module, case: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    torch.set_num_threads(1)  # the case was computed with one thread
-    return clip_es_cams(random_vit_b16, case["image_u8"], [VOC.fg_names[BOAT]], list(VOC.bg_names))
+    with one_thread():
+        return clip_es_cams(random_vit_b16, case["image_u8"], [VOC.fg_names[BOAT]], list(VOC.bg_names))
 
 
 def test_the_voc_names_and_template_are_clip_es_own(random_vit_b16: torch.nn.Module) -> None:
@@ -64,11 +78,11 @@ def test_image_side_matches_clip_es_given_its_text_features(random_vit_b16: torc
     # and only with the float16-rounded positional embedding (CONTEXT §2.1: 1e-5 without it)
     from tag2mask.cam.clip_es import clip_es_model
 
-    torch.set_num_threads(1)
     x, text = prepare_image(case["image_u8"]), torch.from_numpy(case["text_features"])
     errors = {}
     for f16 in (True, False):
-        out = clip_es_model(random_vit_b16, 1, pos_embed_f16=f16)(x, torch.ones(1, 1), text_features=text)
+        with one_thread():
+            out = clip_es_model(random_vit_b16, 1, pos_embed_f16=f16)(x, torch.ones(1, 1), text_features=text)
         errors[f16] = [_rel(out.logits[0].detach().numpy(), case["logits"]),
                        _rel(out.probs[0].detach().numpy(), case["probs"]), _rel(out.cam.detach().numpy(), case["cam_raw"])]
     assert max(errors[True]) < 3e-6 and errors[False][2] > 5e-6, errors

@@ -103,3 +103,13 @@ def test_demo_training_free_beside_the_trained_demo(demo_run: tuple[Path, str],
     assert "training-free seed mIoU on the synthetic ground truth: CLIP-ES + SAMS" in printed
     assert "the trained demo's fine seeds" in printed and "83.3" in printed
     assert (folder / "training-free" / "seeds_clip_es").is_dir() and not (folder / "training-free" / "train_cls").exists()
+
+
+def test_trained_stage_commands_refuse_a_training_free_config(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("train", "cams", "seeds"):
+        code = main([command, "--preset", "demo-clip-es", "--task", "cls", "--run-dir", str(tmp_path / command)])
+        assert code == 2 and "training-free" in capsys.readouterr().err and not (tmp_path / command).exists()
+    from tag2mask.config import stage_hashes
+
+    assert list(stage_hashes(load_config("demo-clip-es"))) == ["superpixels", "cams_clip_es", "seeds_clip_es"]

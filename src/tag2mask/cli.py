@@ -238,7 +238,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_config_args(p: argparse.ArgumentParser, run_required: bool = False) -> None:
-    p.add_argument("--preset", default="voc", help="voc, coco, demo, or a YAML file (default: %(default)s)")
+    p.add_argument("--preset", default="voc", help="voc, coco, demo (training-free: voc-clip-es, coco-clip-es, "
+                   "demo-clip-es), or a YAML file (default: %(default)s)")
     p.add_argument("--run", "--run-dir", dest="run", metavar="RUN_DIR", required=run_required,
                    help="use (and record into) this run folder's config.yaml; created with --preset if new (under torchrun write --run-dir)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.root=/data/VOC2012")
@@ -252,6 +253,12 @@ def _load(args: argparse.Namespace, writes: bool = True):  # -> tuple[Config, Ru
 
     existing = bool(args.run) and Path(args.run, RunDir.CONFIG).is_file()
     config = load_config(Path(args.run) / RunDir.CONFIG if existing else args.preset, args.overrides)
+    if getattr(args, "task", None) in ("cls", "seg") and config.pipeline != "fma":
+        raise Tag2MaskError(
+            f"--task {args.task} makes a stage of the trained pipeline, but this config is training-free "
+            f"(pipeline: {config.pipeline}, stages superpixels, cams_clip_es, seeds_clip_es): run it with 'tag2mask "
+            "run', or pass pipeline=fma"
+        )
     if not args.run:
         return config, None
     if not writes:

@@ -687,15 +687,22 @@ def _value_at(config: Config, dotted: str) -> Any:
     return node
 
 
+PIPELINE_STAGES = {
+    "fma": ("superpixels", "train_cls", "cams_cls", "seeds_coarse", "train_seg", "cams_seg", "seeds_fine"),
+    "clip_es": ("superpixels", "cams_clip_es", "seeds_clip_es"),
+}
+"""The stages (with a config hash) of each ``pipeline``."""
+
+
 def stage_hashes(config: Config) -> dict[str, str]:
-    """The config hash of every pipeline stage (SAMS seeding also depends on the superpixels)."""
+    """The config hash of every stage of the config's pipeline (SAMS seeding also depends on the superpixels)."""
     out: dict[str, str] = {}
     for stage, upstream, sections in PIPELINE:
         parents = [out[upstream]] if upstream else []
         if stage.startswith("seeds_"):
             parents.append(out["superpixels"])
         out[stage] = config_hash(_drop_neutral({s: _plain(_value_at(config, s)) for s in sections}), *parents)
-    return out
+    return {stage: out[stage] for stage in PIPELINE_STAGES[config.pipeline]}
 
 
 # Keys that never change results (memory, bookkeeping): left out of the stage hashes.
