@@ -95,14 +95,22 @@ def test_argmax_seeds_are_clip_es_own_and_a_rerun_skips(run: tuple[Path, str], c
     assert m["seed_method"] == "argmax" and "CLIP-ES argmax (alpha 2)" in printed
 
 
-def test_demo_training_free_beside_the_trained_demo(demo_run: tuple[Path, str],
+def test_demo_training_free_beside_the_trained_demo(demo_run: tuple[Path, str], tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    folder, _ = demo_run
+    import shutil
+
+    folder = tmp_path / "demo"  # a copy: the session's demo folder stays as the demo wrote it
+    shutil.copytree(demo_run[0], folder)
     assert main(["demo", "--out", str(folder), "--training-free"]) == 0
     printed = capsys.readouterr().out
     assert "training-free seed mIoU on the synthetic ground truth: CLIP-ES + SAMS" in printed
     assert "the trained demo's fine seeds" in printed and "83.3" in printed
     assert (folder / "training-free" / "seeds_clip_es").is_dir() and not (folder / "training-free" / "train_cls").exists()
+    # the trained demo's report now shows each image's training-free CAMs beside its cls and seg CAMs
+    report = (folder / "report.html").read_text(encoding="utf-8")
+    assert report.count("training-free CAM (CLIP-ES): ") == report.count("seg CAM: ") > 0
+    free = (folder / "training-free" / "report.html").read_text(encoding="utf-8")
+    assert "training-free CAM (CLIP-ES): " in free and "seg CAM: " not in free and "training-free SAMS seed" in free
 
 
 def test_trained_stage_commands_refuse_a_training_free_config(tmp_path: Path,

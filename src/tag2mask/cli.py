@@ -741,6 +741,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             trained = _read_metrics(out)
             beside = (f"; the trained demo's fine seeds ({out}): {trained['seeds_fine']:.1f}" if "seeds_fine" in trained
                       else f"; run 'tag2mask demo --out {out}' for the trained seeds beside them")
+            if "seeds_fine" in trained:  # its report shows the training-free CAMs beside the trained ones
+                print(f"the trained demo's report, with the training-free CAMs beside its own: {write_report(out)}")
             a = m["argmax_clip_es"]
             print(f"training-free seed mIoU on the synthetic ground truth: {TRAINING_FREE_SEEDS[m['seed_method']]} "
                   f"{m['seeds_clip_es']:.1f}, "

@@ -924,12 +924,32 @@ def _row(panels: Sequence[_Panel]) -> str:
 
 
 def _load_cam(run: _Run, task: str, image_id: str) -> dict[str, np.ndarray] | None:
-    path = run.path / f"cams_{task}" / f"{image_id}.npz"
+    return _read_cam(run.path / f"cams_{task}" / f"{image_id}.npz")
+
+
+def _read_cam(path: Path) -> dict[str, np.ndarray] | None:
     if not path.is_file():
         return None
     from tag2mask.stages.cams import load_cam_file
 
     return load_cam_file(path)
+
+
+TRAINING_FREE_DIR = "training-free"
+"""Where ``tag2mask demo --training-free`` puts its run inside the trained demo's folder."""
+
+
+def _cam_sources(run: _Run) -> list[tuple[str, str, Path]]:
+    """The CAM folders a run's figures show, as (key, caption, folder): the trained tasks' for a trained run, the
+    training-free CAMs of a training-free run, and those of a training-free run beside a trained one (the demo's
+    ``training-free/``), so that the two can be compared image by image."""
+    training_free = run.config is not None and getattr(run.config, "pipeline", "fma") == "clip_es"
+    sources = [] if training_free else [(task, f"{task} CAM", run.path / f"cams_{task}") for task in TASKS]
+    for folder in (run.path / "cams_clip_es", run.path / TRAINING_FREE_DIR / "cams_clip_es"):
+        if folder.is_dir():
+            sources.append(("clip_es", "training-free CAM (CLIP-ES)", folder))
+            break
+    return sources
 
 
 def _load_seed(run: _Run, name: str, image_id: str) -> np.ndarray | None:
@@ -1031,15 +1051,17 @@ def _image_figures(run: _Run, dataset: Any, image_id: str, sp_folder: Path | Non
         panels.append(_Panel("ground truth", missing="this split has no ground-truth masks"))
     out.append(_row(panels))
 
-    # cls vs seg CAMs, per positive class
+    # cls vs seg CAMs (and the training-free ones when there are), per positive class
     cams = {task: _load_cam(run, task, image_id) for task in TASKS}
+    sources = _cam_sources(run)
+    shown = {key: _read_cam(folder / f"{image_id}.npz") for key, _, folder in sources}
     panels = []
     for c in sample.labels:
-        for task in TASKS:
-            cam = cams[task]
-            caption = f"{task} CAM: {_swatch(c + 1)}{escape(names[c])}"
+        for key, what, folder in sources:
+            cam = shown[key]
+            caption = f"{what}: {_swatch(c + 1)}{escape(names[c])}"
             if cam is None:
-                panels.append(_Panel(caption, missing=f"cams_{task}/{image_id}.npz (stage cams_{task} not run)"))
+                panels.append(_Panel(caption, missing=f"{folder.name}/{image_id}.npz (stage {folder.name} not run)"))
                 continue
             where = np.flatnonzero(cam["fg_cls"] == c)
             if where.size == 0:
@@ -1049,8 +1071,9 @@ def _image_figures(run: _Run, dataset: Any, image_id: str, sp_folder: Path | Non
             panels.append(_Panel(caption, fig.blend(disp, heat, 0.55),
                                  colour_bar=_colour_bar("0", "1", "CAM, min-max normalised")))
     if panels:
+        order = ", ".join(what for _, what, _ in sources)
         out.append('<p class="note">CAMs as the seeds read them (after CAA when enabled), clamped at 0, min-max '
-                   "normalised, upsampled bilinearly to the image; cls task left, seg task right.</p>" + _row(panels))
+                   f"normalised, upsampled bilinearly to the image; in each row: {escape(order)}.</p>" + _row(panels))
 
     # superpixels, score map, seeds, CRF
     seeds = {name: _load_seed(run, name, image_id) for name in ("seeds_coarse", "seeds_fine")}
@@ -1084,9 +1107,13 @@ def _image_figures(run: _Run, dataset: Any, image_id: str, sp_folder: Path | Non
                                  colour_bar=_colour_bar("0", "1", how, no_value=True)))
         else:
             panels.append(_Panel("superpixel score map", missing="no CAM file for this image yet"))
-    for name, which, task in (("seeds_coarse", "coarse", "cls"), ("seeds_fine", "fine", "seg")):
+    seed_rows = (("seeds_coarse", "coarse", "cls"), ("seeds_fine", "fine", "seg"))
+    if not any(key in ("cls", "seg") for key, _, _ in sources):  # a training-free run: its own seeds
+        seed_rows = (("seeds_clip_es", "coarse", "training-free"),)
+        seeds["seeds_clip_es"] = _load_seed(run, "seeds_clip_es", image_id)
+    for name, which, task in seed_rows:
         method = getattr(run.config.seeds, which).method.upper() if run.config is not None else "SAMS"
-        label = f"{which} {method} seed ({task} CAMs)"
+        label = f"{'training-free' if task == 'training-free' else which} {method} seed ({task} CAMs)"
         seed = seeds[name]
         value = ((per_image or {}).get(name) or {}).get(image_id)
         if value is not None:
