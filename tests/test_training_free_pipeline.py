@@ -121,3 +121,27 @@ def test_trained_stage_commands_refuse_a_training_free_config(tmp_path: Path,
     from tag2mask.config import stage_hashes
 
     assert list(stage_hashes(load_config("demo-clip-es"))) == ["superpixels", "cams_clip_es", "seeds_clip_es"]
+
+
+def test_crf_seeds_of_training_free_cams_use_clip_es_maps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CLIP-ES's CRF: the dense CRF on its high-resolution maps with bg = 1 − max fg (α = 1), whatever
+    # seeds.coarse.bg_power says (the CRF backend itself is an optional extra, tested in test_crf.py)
+    import tag2mask.seeding.crf as crf
+    from tag2mask.stages.seeds import seed_one
+
+    seen = {}
+
+    def fake_crf_seed(image, cam, fg, bg_power, params):  # noqa: ANN001, ANN202
+        seen.update(cam=cam, fg=list(fg), bg_power=bg_power, params=params)
+        return np.zeros(image.shape[:2], np.uint8)
+
+    monkeypatch.setattr(crf, "crf_seed", fake_crf_seed)
+    settings = load_config("demo-clip-es", ["seeds.coarse.method=crf", "seeds.coarse.bg_power=0.6"]).seeds.coarse
+    cam = np.random.default_rng(0).random((2, 3, 4)).astype(np.float32)
+    cam_file = {"cam": cam, "fg_cls": np.array([1, 3])}
+    image = np.zeros((24, 32, 3), np.uint8)
+    seed_one(cam_file, (24, 32), settings, None, image, clip_es_alpha=2.0)
+    assert seen["bg_power"] == 1.0 and seen["fg"] == [1, 3] and seen["params"] == settings.crf
+    np.testing.assert_array_equal(seen["cam"], clip_es_highres(cam, (24, 32)).astype(np.float32))
+    seed_one(cam_file, (24, 32), settings, None, image)  # FMA's CRF seeds: the CAM itself, the setting's power
+    assert seen["bg_power"] == 0.6 and seen["cam"] is cam

@@ -40,7 +40,9 @@ def seed_one(
     """One image's seed from its CAM file's arrays with the given settings (SPEC §8, §9, §8.1).
 
     ``clip_es_alpha``: the CAMs are training-free ones and ``argmax`` makes CLIP-ES's own seeds with this α
-    (float16 maps, :func:`~tag2mask.cam.clip_es.clip_es_highres`), instead of FMA's argmax seeds."""
+    (float16 maps, :func:`~tag2mask.cam.clip_es.clip_es_highres`), instead of FMA's argmax seeds; ``crf`` runs
+    the dense CRF on those maps with CLIP-ES's ``bg = 1 − max fg`` (α = 1), as its ``eval_cam_with_crf.py`` does
+    (the maps are min-max normalised once more over the image, which CLIP-ES skips: a difference of rounding)."""
     if cam_file is None or len(cam_file["fg_cls"]) == 0:
         return np.zeros(size, np.uint8)
     cam, fg = cam_file["cam"], cam_file["fg_cls"]
@@ -61,6 +63,11 @@ def seed_one(
         return np.asarray(argmax_seed(cam, fg, size, settings.bg_power))
     from tag2mask.seeding.crf import crf_seed
 
+    if clip_es_alpha is not None:  # CLIP-ES's CRF: its saved maps, bg = 1 − max fg (α = 1; CONTEXT §2.6)
+        from tag2mask.cam.clip_es import clip_es_highres
+
+        return np.asarray(crf_seed(image, clip_es_highres(cam, size).astype(np.float32), fg, bg_power=1.0,
+                                   params=settings.crf))
     return np.asarray(crf_seed(image, cam, fg, bg_power=settings.bg_power, params=settings.crf))
 
 
