@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 import torch
 
+from tag2mask.maps import mmnorm
+
 __all__ = [
     "BoxMode",
     "Propagate",
@@ -49,7 +51,6 @@ Propagate = Literal["score", "cam"]
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
-MMNORM_EPS = 1e-7  # SPEC notation: (v - min) / (max - min + 1e-7)
 
 
 def _as_tensor(x: ArrayLike) -> torch.Tensor:
@@ -81,11 +82,8 @@ def merge_attention(att: torch.Tensor, last_n_layers: int = 8) -> torch.Tensor:
 
 
 def minmax_norm(v: torch.Tensor) -> torch.Tensor:
-    """``(v − min) / (max − min + 1e-7)`` per class over space of a ``P×h×w`` map; same shape and dtype."""
-    flat = v.reshape(v.shape[0], -1)
-    vmin = flat.amin(dim=1).reshape(-1, 1, 1)
-    vmax = flat.amax(dim=1).reshape(-1, 1, 1)
-    return (v - vmin) / (vmax - vmin + MMNORM_EPS)
+    """``(v − min) / (max − min + 1e-7)`` per class over space of a ``P×h×w`` map, no clamping (:func:`mmnorm`)."""
+    return mmnorm(v, dim=(1, 2), clamp=False)
 
 
 def cam_to_score(cam: torch.Tensor) -> torch.Tensor:
@@ -93,7 +91,7 @@ def cam_to_score(cam: torch.Tensor) -> torch.Tensor:
 
     ``cam`` is ``P×h×w``; the result has the same shape and dtype.
     """
-    return minmax_norm(cam.clamp(min=0))
+    return mmnorm(cam, dim=(1, 2))
 
 
 def sinkhorn_normalise(att: torch.Tensor, n_iters: int = 1) -> torch.Tensor:

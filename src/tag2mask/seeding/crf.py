@@ -29,9 +29,9 @@ from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tag2mask.errors import Tag2MaskError
+from tag2mask.maps import mmnorm, resize_maps
 
 __all__ = [
     "CRF_PARAM_SETS",
@@ -45,7 +45,6 @@ __all__ = [
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
-MMNORM_EPS = 1e-7  # SPEC §3 min-max normalisation
 UNARY_CLIP = 1e-5  # SPEC §8.1: unary = −log(clip(score, 1e-5))
 CLIP_ES_MEAN_BGR = (104.008, 116.669, 122.675)  # CONTEXT §2.6 (deeplab-pytorch mean, BGR order)
 IGNORE = 255
@@ -210,12 +209,7 @@ def crf_scores(cam: ArrayLike, size: tuple[int, int], bg_power: float = 1.0) -> 
     h, w = int(size[0]), int(size[1])
     if x.shape[0] == 0:
         return np.ones((1, h, w), dtype=np.float32)
-    if tuple(x.shape[-2:]) != (h, w):
-        x = F.interpolate(x[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-    x = x.clamp(min=0)
-    lo = x.amin(dim=(1, 2), keepdim=True)
-    hi = x.amax(dim=(1, 2), keepdim=True)
-    score = (x - lo) / (hi - lo + MMNORM_EPS)
+    score = mmnorm(resize_maps(x, (h, w)), dim=(1, 2))  # the same resize for any thread count (tag2mask.maps)
     bg = (1 - score.amax(dim=0, keepdim=True)) ** float(bg_power)
     return torch.cat([bg, score], dim=0).numpy()
 

@@ -58,8 +58,8 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, Sequence, Uni
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from tag2mask.maps import mmnorm, resize_maps
 from tag2mask.superpixels.atoms import as_bool_masks, compute_atoms  # numpy only; no import cycle
 
 if TYPE_CHECKING:  # only for annotations: importing it at run time would pull in pycocotools / segment_anything
@@ -86,7 +86,6 @@ Gather = Literal["mean", "sum"]
 BgMethod = Literal["pow", "thresh", "alpha_bg", "no_bg"]
 Uncovered = Literal["background", "argmax"]
 
-MMNORM_EPS = 1e-7  # SPEC notation: (v - min) / (max - min + 1e-7)
 _GATHER_MODES = ("mean", "sum")
 _BG_METHODS = ("pow", "thresh", "alpha_bg", "no_bg")
 _UNCOVERED_MODES = ("background", "argmax")
@@ -114,32 +113,6 @@ def _float_cam(cam: ArrayLike) -> torch.Tensor:
     if t.ndim != 3:
         raise ValueError(f"cam must be P×h×w, got shape {tuple(t.shape)}")
     return t if t.is_floating_point() else t.to(torch.float32)
-
-
-def _resize(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of a ``C×h×w`` map to ``size`` (``align_corners=False``; SPEC notation); no-op if equal.
-
-    The channels are resized as a batch of one-channel images (``C×1×h×w``). On the CPU torch picks its kernel
-    by channel count and thread count: a ``1×3×h×w`` input with one torch thread (and an output larger than
-    ``H + W > 128``) goes to the channels-last kernel, whose float32 rounding differs from the generic kernel that
-    every other case uses — so ``cam[None]`` would make the result depend on ``torch.get_num_threads()``. With one
-    channel per image the result is the same for any thread count and equals the generic (multi-threaded, and
-    the per-element CUDA) arithmetic; it is also the faster form here. The output is contiguous, so the caller's
-    ``reshape(C, H*W)`` is a view.
-    """
-    if tuple(cam.shape[-2:]) == tuple(size):
-        return cam
-    if cam.shape[0] == 0:
-        return cam.new_zeros((0, *size))
-    return F.interpolate(cam[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-
-
-def _mmnorm(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """SPEC notation ``mmnorm``: clamp below at 0, then ``(v − min) / (max − min + 1e-7)`` along ``dim``."""
-    x = x.clamp(min=0)
-    lo = x.amin(dim=dim, keepdim=True)
-    hi = x.amax(dim=dim, keepdim=True)
-    return (x - lo) / (hi - lo + MMNORM_EPS)
 
 
 def _fg_cls_tensor(fg_cls: Union[Sequence[int], ArrayLike], device: torch.device) -> torch.Tensor:
@@ -582,7 +555,7 @@ def _sams_core(
         )
     h, w = atoms.shape
     x_in = x
-    x = _resize(x, (h, w))
+    x = resize_maps(x, (h, w))
     # the resized map is our own buffer: the reference rule may clamp it in place, unless the unclamped values are
     # still needed (uncovered="argmax" with alpha_bg takes the argmax of the channels as given)
     owned = x is not x_in and bg_method != "alpha_bg"
@@ -597,11 +570,11 @@ def _sams_core(
     elif norm_first == "no_norm":
         q = _gather(x, atoms, gather)
     elif norm_first == "double_norm":
-        q = _mmnorm(_gather(_mmnorm(x, dim=1), atoms, gather), dim=1)
+        q = mmnorm(_gather(mmnorm(x, dim=1), atoms, gather), dim=1)
     elif norm_first:  # True: clamp per pixel, gather, min-max across superpixels (the reference rule)
-        q = _mmnorm(_gather(x, atoms, gather, clamp=True, clamp_inplace=owned), dim=1)
+        q = mmnorm(_gather(x, atoms, gather, clamp=True, clamp_inplace=owned), dim=1)
     else:  # False: gather the raw CAM, then clamp + min-max across superpixels
-        q = _mmnorm(_gather(x, atoms, gather), dim=1)
+        q = mmnorm(_gather(x, atoms, gather), dim=1)
 
     # step 5: background row
     if bg_method == "alpha_bg":
@@ -640,7 +613,7 @@ def _pixel_labels(
     if bg_method == "alpha_bg":
         stack = x
     else:
-        fg = x if norm_first == "no_norm" else _mmnorm(x, dim=1)
+        fg = x if norm_first == "no_norm" else mmnorm(x, dim=1)
         stack = torch.cat([_background_row(fg, bg_method, bg_power, bg_value)[None], fg], dim=0)
     return core.lut[torch.argmax(stack, dim=0)]
 
@@ -821,9 +794,9 @@ def argmax_seed(
     if x.shape[0] != fg.numel():
         raise ValueError(f"cam has {x.shape[0]} channels for {fg.numel()} positive classes")
     h, w = int(size[0]), int(size[1])
-    score = _resize(x, (h, w)).reshape(x.shape[0], h * w)
+    score = resize_maps(x, (h, w)).reshape(x.shape[0], h * w)
     if normalise:
-        score = _mmnorm(score, dim=1)
+        score = mmnorm(score, dim=1)
     stack = torch.cat([_background_row(score, "pow", bg_power, None)[None], score], dim=0)
     seed = _label_lut(fg)[torch.argmax(stack, dim=0)].to(torch.uint8).reshape(h, w)
     return _output(seed, cam)

@@ -118,12 +118,14 @@ def heatmap(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def minmax01(cam: np.ndarray, eps: float = 1e-7) -> np.ndarray:
-    """SPEC §3 normalisation of a map: clamp at 0, then ``(v − min) / (max − min + eps)``."""
-    v = np.maximum(np.asarray(cam, np.float64), 0.0)
-    if v.size == 0:
-        return v
-    return (v - v.min()) / (v.max() - v.min() + eps)
+def minmax01(cam: np.ndarray) -> np.ndarray:
+    """SPEC §3 normalisation of one map for display: :func:`tag2mask.maps.mmnorm` over the whole map (float64)."""
+    import torch
+
+    from tag2mask.maps import mmnorm
+
+    v = torch.from_numpy(np.array(cam, np.float64, copy=True))
+    return v.numpy() if v.numel() == 0 else mmnorm(v, dim=tuple(range(v.ndim))).numpy()
 
 
 # -- resizing ------------------------------------------------------------------------------------------------------
