@@ -125,3 +125,74 @@ def test_seeds_compute_in_float16_with_ties_to_the_background() -> None:
         expected = np.array([0, 2, 5, 9], np.uint8)[np.argmax(np.concatenate([bg, maps]), axis=0)]
         np.testing.assert_array_equal(argmax_seed(maps, [1, 4, 8], (20, 30), bg_power=alpha, normalise=False),
                                       expected)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLIP-ES's rules on small hand-built inputs
+
+
+def _output(cam: list, att: list):  # noqa: ANN202 - a one-image CamOutput with these raw CAMs and merged attention
+    from tag2mask.cam.gradcam import CamOutput
+
+    cam_t = torch.tensor(cam, dtype=torch.float32)
+    p, h, w = cam_t.shape
+    return CamOutput(cam=cam_t, logits=torch.zeros(1, p + 1), probs=torch.zeros(1, p + 1),
+                     pairs=torch.tensor([[0, k] for k in range(p)]), grid=(h, w),
+                     att=torch.tensor([att], dtype=torch.float32), num_fg=p, image_embedding=torch.zeros(1, 4))
+
+
+def test_cam_is_normalised_twice_by_hand() -> None:
+    from tag2mask.cam.clip_es import clip_es_refine
+
+    f32 = np.float32
+    out = clip_es_refine(_output([[[-0.1, 0.0], [0.1, 0.3]]], np.eye(4).tolist()))
+    # once: ReLU → [0, 0, 0.1, 0.3], then / (0.3 + 1e-7) in float32 (small CAMs: the epsilon shows)
+    once = np.array([0, 0, f32(0.1) / (f32(0.3) + f32(1e-7)), f32(0.3) / (f32(0.3) + f32(1e-7))], f32)
+    np.testing.assert_array_equal(out["cam_norm1"].ravel(), once)
+    # twice: the maximum is below 1 now, so the second pass still divides: v / (max + 1e-7)
+    twice = once / (once.max() + f32(1e-7))
+    np.testing.assert_array_equal(out["cam_norm"].ravel(), twice.astype(f32))
+    assert once.max() < 1 and out["cam_norm"].max() > once.max()
+
+
+def test_three_sinkhorn_rounds_symmetrised_and_squared_by_hand() -> None:
+    # exact rationals: columns then rows, three times; (A + Aᵀ)/2; A·A; masked columns; times the normalised CAM
+    from fractions import Fraction as Q
+
+    from tag2mask.cam.clip_es import clip_es_refine
+
+    att = [[3, 1, 0, 1], [1, 2, 1, 0], [0, 1, 1, 2], [2, 0, 1, 1]]
+    a = [[Q(v) for v in row] for row in att]
+    for _ in range(3):
+        cols = [sum(a[i][j] for i in range(4)) for j in range(4)]
+        a = [[a[i][j] / cols[j] for j in range(4)] for i in range(4)]
+        rows = [sum(a[i]) for i in range(4)]
+        a = [[a[i][j] / rows[i] for j in range(4)] for i in range(4)]
+    s = [[(a[i][j] + a[j][i]) / 2 for j in range(4)] for i in range(4)]
+    s2 = [[sum(s[i][k] * s[k][j] for k in range(4)) for j in range(4)] for i in range(4)]
+    raw = [[[0.0, 4.0], [2.0, 1.0]]]  # 2×2 grid, one class; the box threshold keeps the patches above 0.4·max
+    out = clip_es_refine(_output(raw, att), box_thresh=0.4)
+    norm = out["cam_norm"].ravel().astype(np.float64)
+    mask = out["box_mask"].ravel()
+    # the reference boxes: bounding rectangles clipped to W−1 / H−1, so on a 2×2 grid only patch (0, 0) can be in
+    assert mask.tolist() == [1.0, 0.0, 0.0, 0.0]
+    expected = [float(sum(s2[i][j] * Q(float(norm[j])) * int(mask[j]) for j in range(4))) for i in range(4)]
+    np.testing.assert_allclose(out["cam_refined"].ravel(), expected, rtol=1e-6)
+
+
+def test_softmax_runs_over_the_tagged_classes_and_the_background_only() -> None:
+    from tag2mask.cam.clip_es import clip_es_model
+    from tag2mask.models.tiny import tiny_clip
+
+    clip = tiny_clip(seed=1, image_size=64)
+    text = torch.nn.functional.normalize(torch.randn(5, clip.text_projection.shape[1],
+                                                     generator=torch.Generator().manual_seed(0)), dim=-1)
+    model = clip_es_model(clip, num_fg=3, pos_embed_f16=False)
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    out = model(x, torch.tensor([[0.0, 1.0, 0.0]]), text_features=text, compute_cam=False)
+    logits, probs = out.logits[0].double(), out.probs[0].double()
+    # absent classes 0 and 2 are never in the denominator: 0 probability, and class 1 + the 2 bg sum to 1
+    allowed = logits[[1, 3, 4]]
+    expected = torch.exp(allowed - allowed.max()) / torch.exp(allowed - allowed.max()).sum()
+    assert probs[0] == 0 and probs[2] == 0
+    torch.testing.assert_close(probs[[1, 3, 4]], expected, rtol=1e-6, atol=1e-7)
