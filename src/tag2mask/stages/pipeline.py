@@ -177,7 +177,7 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
         out(f"data check: {len(skipped)} bad sample(s) of {split} left out (data.on_error=skip), e.g. "
             f"{skipped[0][1]}; all listed in manifest.json and the report")
     if config.pipeline == "clip_es":
-        _training_free_steps(config, run, step, superpixels, cams_training_free, seeds, split, out)
+        _training_free_steps(config, step, superpixels, cams_training_free, seeds, split, out)
         if lead:
             result.metrics = evaluate_run(config, run, limit=limit, say=out)
         barrier()
@@ -197,8 +197,8 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
     return result
 
 
-def _training_free_steps(config: Config, run: RunDir, step: Callable, superpixels: Callable, cams: Callable,
-                         seeds: Callable, split: str, say: Callable[[str], None]) -> None:
+def _training_free_steps(config: Config, step: Callable, superpixels: Callable, cams: Callable, seeds: Callable,
+                         split: str, say: Callable[[str], None]) -> None:
     """The stages of ``pipeline: clip_es`` (no prompt training): superpixels when SAMS seeds, CAMs, seeds."""
     from tag2mask.stages.superpixels import superpixels_dir
 
