@@ -191,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Segment the named classes in any image with a finished run (App. D): segmentation-task CAMs "
         "for those classes, CAA, quasi-superpixels of the image, SAMS. With --training-free, any class names and "
         "no run: CLIP-ES's fixed prompts (clip_es.*), then SAMS (seeds.coarse.method=sams) or CLIP-ES's argmax "
-        "seeds (argmax). Writes a palette PNG (label k = the k-th class) and an overlay.",
+        "or dense-CRF seeds (argmax, crf). Writes a palette PNG (label k = the k-th class) and an overlay.",
     )
     seg.add_argument("image", help="an image file (jpg, png, ...)")
     seg.add_argument("--classes", required=True, help='comma-separated class names, e.g. "dog,person" (with --run: '
@@ -739,10 +739,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.training_free:
         if m:
             trained = _read_metrics(out)
-            beside = (f"; the trained demo's fine seeds ({out}): {trained['seeds_fine']:.1f}" if "seeds_fine" in trained
-                      else f"; run 'tag2mask demo --out {out}' for the trained seeds beside them")
             if "seeds_fine" in trained:  # its report shows the training-free CAMs beside the trained ones
+                beside = f"; the trained demo's fine seeds ({out}): {trained['seeds_fine']:.1f}"
                 print(f"the trained demo's report, with the training-free CAMs beside its own: {write_report(out)}")
+            else:
+                beside = f"; run 'tag2mask demo --out {out}' for the trained seeds beside them"
             a = m["argmax_clip_es"]
             print(f"training-free seed mIoU on the synthetic ground truth: {TRAINING_FREE_SEEDS[m['seed_method']]} "
                   f"{m['seeds_clip_es']:.1f}, "

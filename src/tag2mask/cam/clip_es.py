@@ -4,8 +4,7 @@ A frozen CLIP and hand-written prompts, no training: the text features of ``"a c
 templates is averaged), Softmax-GradCAM over the image's tagged classes plus the background names, ReLU and
 min-max **twice**, CAA with 3 Sinkhorn rounds and the box threshold (0.4 VOC, 0.7 COCO), a min-max of the refined
 map and a bilinear resize to the photo. Seeds are ``bg = (1 − max fg)^α`` on those maps, in float16 as CLIP-ES
-saves them. FMA-WSSS starts from this recipe; the pieces are FMA's own with CLIP-ES's
-settings:
+saves them. FMA-WSSS starts from this recipe; the pieces are FMA's own with CLIP-ES's settings:
 
 * :class:`~tag2mask.cam.GradCAMClip` with fixed prompts (``num_fg``), the exact softmax over the image's classes
   (``softmax="clean"``), and the float16-rounded positional embedding (``pos_embed_f16``);
@@ -31,9 +30,6 @@ from tag2mask.cam.image import prepare_image
 
 CLIP_ES_TEMPLATES: tuple[str, ...] = ("a clean origami {}.",)
 """CLIP-ES's prompt template (its code keeps "a rendering of a weird {}." commented out)."""
-
-CLIP_ES_BOX_THRESH = {"voc": 0.4, "coco": 0.7}
-"""CLIP-ES's CAA box threshold per dataset."""
 
 
 def clip_es_text_features(clip_model: Any, names: Sequence[str], templates: Sequence[str] = CLIP_ES_TEMPLATES
@@ -127,8 +123,8 @@ def clip_es_cams(
             clipped-box quirk (CONTEXT §2.4); ``pos_embed_f16=False`` skips the float16 rounding (CONTEXT §2.1).
 
     Returns:
-        ``text_features`` (G×E, G = fg + bg), ``image_embedding`` (E, before normalisation), ``logits`` and ``probs`` (G), ``cam_raw``,
-        ``cam_norm1``, ``cam_norm``, ``box_mask``, ``cam_refined``, ``cam_refined_norm`` (P×h×w on the patch grid,
+        ``text_features`` (G×E, G = fg + bg), ``image_embedding`` (E, before normalisation), ``logits`` and
+        ``probs`` (G), ``cam_raw``, ``cam_norm1``, ``cam_norm``, ``box_mask``, ``cam_refined``, ``cam_refined_norm`` (P×h×w on the patch grid,
         P = number of fg names), ``attn_merged8`` (L×L) and ``attn_highres`` (P×H×W float16: what the seeds use).
     """
     image = np.asarray(image)

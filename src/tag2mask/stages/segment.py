@@ -6,7 +6,8 @@ SAMS with the fine-seed settings (§8). Writes a palette PNG (label ids of the r
 
 Training-free (:func:`training_free_labels`, ``--training-free``), any class names and no run: CLIP-ES's CAMs with
 fixed prompts (:mod:`tag2mask.cam.clip_es`, settings ``clip_es.*``), then SAMS with the coarse-seed settings on
-quasi-superpixels of the image (``seeds.coarse.method: sams``) or CLIP-ES's own argmax seeds (``argmax``).
+quasi-superpixels of the image (``seeds.coarse.method: sams``) or CLIP-ES's own argmax or dense-CRF seeds
+(``argmax``, ``crf``), exactly as the training-free pipeline's seeds stage makes them.
 """
 
 from __future__ import annotations
@@ -128,14 +129,15 @@ def training_free_labels(
         config: settings (default: the ``voc`` preset): ``models.clip``, ``data.bg_names`` (the background names
             that compete with the classes), ``clip_es.*``, ``seeds.coarse`` (``method: sams`` needs
             quasi-superpixels from ``superpixels.source``; ``argmax`` gives CLIP-ES's own seeds with
-            ``clip_es.bg_power``), ``cams.max_side``, ``superpixels.max_side``, ``runtime.device``.
+            ``clip_es.bg_power``, ``crf`` its dense-CRF seeds, extra ``crf``), ``cams.max_side``,
+            ``superpixels.max_side``, ``runtime.device``.
         clip_model, generator: a loaded CLIP and quasi-superpixel generator to reuse over many images (default:
             loaded from ``config``).
     """
     from tag2mask.cam.clip_es import clip_es_cams
     from tag2mask.config import load_config
     from tag2mask.data.base import fit_image, resize_labels
-    from tag2mask.seeding import argmax_seed, sams_seed
+    from tag2mask.stages.seeds import seed_one
 
     config = config or load_config("voc")
     names = [str(n).strip() for n in class_names]
@@ -156,22 +158,19 @@ def training_free_labels(
     arrays = clip_es_cams(clip_model, work, names, list(config.data.bg_names), templates=e.templates,
                           box_thresh=e.box_thresh, boxes=e.boxes, sinkhorn_iters=e.sinkhorn_iters, power=e.power,
                           att_layers=config.cams.att_layers, pos_embed_f16=e.pos_embed_f16)
-    fg = list(range(len(names)))
+    # the seed as the training-free pipeline's seeds stage makes it (tag2mask.stages.seeds.seed_one), at the working
+    # size: SAMS on the quasi-superpixels, or CLIP-ES's own argmax / dense-CRF seeds from its maps
     s = config.seeds.coarse
-    if s.method == "argmax":  # CLIP-ES's own seeds: float16 maps at the working size, bg = (1 − max)^α
-        highres = arrays["attn_highres"]
-        seed = np.asarray(argmax_seed(highres, fg, highres.shape[1:], bg_power=e.bg_power, normalise=False))
-    elif s.method == "sams":
+    superpixels = None
+    if s.method == "sams":
         if generator is None:
             from tag2mask.stages.superpixels import build_generator
 
             generator = build_generator(config, device)
         superpixels = generator.generate(fit_image(image, config.superpixels.max_side))
-        seed = np.asarray(sams_seed(arrays["cam_refined"], fg, superpixels, None, s.bg_power,
-                                    norm_first=s.norm_first, gather=s.gather, bg_method=s.bg_method,
-                                    uncovered=s.uncovered))
-    else:
-        raise Tag2MaskError(f"seeds.coarse.method={s.method!r}: the training-free segment takes sams or argmax")
+    cam_file = {"cam": arrays["cam_refined"], "fg_cls": np.arange(len(names), dtype=np.int64)}
+    size = tuple(superpixels.size) if superpixels is not None else work.shape[:2]
+    seed = seed_one(cam_file, size, s, superpixels, work, clip_es_alpha=e.bg_power)
     return resize_labels(seed, image.shape[:2])
 
 

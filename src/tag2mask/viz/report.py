@@ -923,10 +923,6 @@ def _row(panels: Sequence[_Panel]) -> str:
     return '<div class="row">' + "".join(p.html() for p in panels) + "</div>"
 
 
-def _load_cam(run: _Run, task: str, image_id: str) -> dict[str, np.ndarray] | None:
-    return _read_cam(run.path / f"cams_{task}" / f"{image_id}.npz")
-
-
 def _read_cam(path: Path) -> dict[str, np.ndarray] | None:
     if not path.is_file():
         return None
@@ -1052,9 +1048,9 @@ def _image_figures(run: _Run, dataset: Any, image_id: str, sp_folder: Path | Non
     out.append(_row(panels))
 
     # cls vs seg CAMs (and the training-free ones when there are), per positive class
-    cams = {task: _load_cam(run, task, image_id) for task in TASKS}
     sources = _cam_sources(run)
     shown = {key: _read_cam(folder / f"{image_id}.npz") for key, _, folder in sources}
+    cams = {task: shown.get(task) for task in TASKS}  # each file read once
     panels = []
     for c in sample.labels:
         for key, what, folder in sources:
