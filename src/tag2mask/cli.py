@@ -285,31 +285,30 @@ def _lead_process() -> bool:
 
 def _cmd_superpixels(args: argparse.Namespace) -> int:
     from tag2mask.config import stage_hashes
-    from tag2mask.stages.common import barrier, begin_shared_stage
-    from tag2mask.stages.superpixels import run_superpixels, superpixels_dir
+    from tag2mask.stages.lifecycle import item_counts, run_stage
+    from tag2mask.stages.superpixels import run_superpixels, superpixels_dir, superpixels_stage
 
     if args.import_dir:
         args.overrides = [*args.overrides, f"superpixels.import_dir={Path(args.import_dir).expanduser().resolve()}"]
     config, run = _load(args)
     split = args.split or config.data.train_split
     rank, world = _ranks(args, config)
-    stage = f"superpixels_{split}"
-    folder = superpixels_dir(config, split)
-    if run is not None:
-        inputs = {"split": split, "folder": str(folder)}
-        if args.import_dir:
-            inputs["import"] = str(Path(args.import_dir).expanduser().resolve())
-        begin_shared_stage(run, stage, stage_hashes(config)["superpixels"], inputs, rank)
-    result = run_superpixels(config, split, rank=rank, world_size=world, limit=args.limit, shared=bool(args.shard))
-    print(f"superpixels: {result.done}/{result.total} images of {split} in {result.folder} "
-          f"({result.computed} {'imported' if args.import_dir else 'computed'} now, {result.seconds:.1f} s"
-          + (f", {result.skipped} skipped: no annotations" if result.skipped else "") + ")")
-    if world > 1 and not args.shard:
-        barrier()
-        if rank == 0:  # every rank is done: recount (and finish anything a rank left)
-            result = run_superpixels(config, split, limit=args.limit, show_progress=False)
-    if run is not None and rank == 0 and result.complete:
-        run.end_stage(stage, {"images": result.total, "computed": result.computed}, result.seconds)
+    inputs = {"split": split, "folder": str(superpixels_dir(config, split))}
+    if args.import_dir:
+        inputs["import"] = str(Path(args.import_dir).expanduser().resolve())
+    results = []
+
+    def work(_folder: Path | None, quiet: bool) -> tuple[dict[str, int], bool]:
+        results.append(run_superpixels(config, split, rank=rank, world_size=world, limit=args.limit,
+                                       shared=bool(args.shard), show_progress=not quiet))
+        return item_counts(results[-1])
+
+    run_stage(run, superpixels_stage(config, split), stage_hashes(config)["superpixels"], inputs, work,
+              rank=rank, world=world, collective=not args.shard)
+    r = results[0]
+    print(f"superpixels: {r.done}/{r.total} images of {split} in {r.folder} "
+          f"({r.computed} {'imported' if args.import_dir else 'computed'} now, {r.seconds:.1f} s"
+          + (f", {r.skipped} skipped: no annotations" if r.skipped else "") + ")")
     return 0
 
 
@@ -330,71 +329,80 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
 def _cmd_cams(args: argparse.Namespace) -> int:
     from tag2mask.config import stage_hashes
     from tag2mask.stages.cams import run_cams
-    from tag2mask.stages.common import barrier, begin_shared_stage, context_path
+    from tag2mask.stages.common import context_path
 
     config, run = _load(args)
     split = args.split or config.data.train_split
-    rank, world = _ranks(args, config)
-    stage = f"cams_{args.task}"
     weights = Path(args.weights) if args.weights else context_path(
         run.path, args.task, getattr(config.train, args.task).checkpoint)
     inputs = {"split": split, "external": args.external} if args.external else {"split": split, "weights": str(weights)}
-    out = begin_shared_stage(run, stage, stage_hashes(config)[stage], inputs, rank)
     external = Path(args.external) if args.external else None
-    result = run_cams(config, args.task, split, out, context=weights, external=external,
-                      rank=rank, world_size=world, limit=args.limit)
-    print(f"cams {args.task}: {result.done}/{result.total} labelled images of {split} in {result.folder} "
-          f"({result.computed} computed now, {result.seconds:.1f} s)")
-    if world > 1 and not args.shard:
-        barrier()
-        if rank == 0:  # every rank is done: recount (and finish anything a rank left)
-            result = run_cams(config, args.task, split, out, context=weights, external=external, limit=args.limit,
-                              show_progress=False)
-    if rank == 0 and result.complete:
-        run.end_stage(stage, {"images": result.total, "computed": result.computed}, result.seconds)
-    return 0
+    stage = f"cams_{args.task}"
+    return _per_image_command(args, config, run, stage, stage_hashes(config)[stage], inputs, split, "labelled images",
+                              lambda out, **kw: run_cams(config, args.task, split, out, context=weights,
+                                                         external=external, **kw))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from tag2mask.stages.common import begin_shared_stage, join_process_group
+    from tag2mask.stages.common import join_process_group
+    from tag2mask.stages.lifecycle import run_stage
     from tag2mask.stages.train import run_train, train_stage_hash
 
     config, run = _load(args)
-    rank, _ = join_process_group(config)
-    stage = f"train_{args.task}"
-    h = train_stage_hash(config, args.task, Path(args.seeds) if args.seeds else None, run.path)
-    out = begin_shared_stage(run, stage, h, {"split": config.data.train_split, "seeds": args.seeds}, rank)
-    result = run_train(config, args.task, run.path, out, h, seeds_dir=Path(args.seeds) if args.seeds else None,
-                       max_iter=args.max_iter)
-    cfg = getattr(config.train, args.task)
-    print(f"train {args.task}: iterations {result.resumed_from}..{result.iterations} of {cfg.max_iter} "
-          f"({result.seconds:.1f} s), last loss {result.last_loss:.4g}")
-    if result.iterations == cfg.max_iter and rank == 0:
-        print(f"prompt context: {result.final_context}")
-        run.end_stage(stage, {"iterations": cfg.max_iter}, result.seconds)
+    rank, world = join_process_group(config)
+    stage, cfg = f"train_{args.task}", getattr(config.train, args.task)
+    seeds = Path(args.seeds) if args.seeds else None
+    h = train_stage_hash(config, args.task, seeds, run.path)
+    results = []
+
+    def work(folder: Path | None, _quiet: bool) -> tuple[dict[str, int], bool]:
+        results.append(run_train(config, args.task, run.path, folder, h, seeds_dir=seeds, max_iter=args.max_iter))
+        return {"iterations": results[-1].iterations}, results[-1].iterations == cfg.max_iter
+
+    outcome = run_stage(run, stage, h, {"split": config.data.train_split, "seeds": args.seeds}, work,
+                        rank=rank, world=world, per_image=False)
+    if outcome.skipped:
+        print(f"train {args.task}: done earlier under the same settings and data, skipped "
+              f"(context in {run.stage_dir(stage)})")
+        return 0
+    r = results[0]
+    print(f"train {args.task}: iterations {r.resumed_from}..{r.iterations} of {cfg.max_iter} "
+          f"({r.seconds:.1f} s), last loss {r.last_loss:.4g}")
+    if outcome.complete and rank == 0:
+        print(f"prompt context: {r.final_context}")
     return 0
 
 
 def _cmd_seeds(args: argparse.Namespace) -> int:
     from tag2mask.config import stage_hashes
-    from tag2mask.stages.common import barrier, begin_shared_stage
     from tag2mask.stages.seeds import SEEDS_OF_TASK, run_seeds
 
     config, run = _load(args)
     split = args.split or config.data.train_split
-    rank, world = _ranks(args, config)
     stage = f"seeds_{SEEDS_OF_TASK[args.task]}"
     cams_dir = Path(args.cams) if args.cams else run.stage_dir(f"cams_{args.task}")
-    out = begin_shared_stage(run, stage, stage_hashes(config)[stage], {"split": split, "cams": str(cams_dir)}, rank)
-    result = run_seeds(config, args.task, split, cams_dir, out, rank=rank, world_size=world, limit=args.limit)
-    print(f"seeds {SEEDS_OF_TASK[args.task]}: {result.done}/{result.total} images of {split} in {result.folder} "
-          f"({result.computed} computed now, {result.seconds:.1f} s)")
-    if world > 1 and not args.shard:
-        barrier()
-        if rank == 0:  # every rank is done: recount (and finish anything a rank left)
-            result = run_seeds(config, args.task, split, cams_dir, out, limit=args.limit, show_progress=False)
-    if rank == 0 and result.complete:
-        run.end_stage(stage, {"images": result.total, "computed": result.computed}, result.seconds)
+    return _per_image_command(args, config, run, stage, stage_hashes(config)[stage],
+                              {"split": split, "cams": str(cams_dir)}, split, "images",
+                              lambda out, **kw: run_seeds(config, args.task, split, cams_dir, out, **kw))
+
+
+def _per_image_command(args: argparse.Namespace, config, run, stage: str, key: str, inputs: dict,  # noqa: ANN001
+                       split: str, what: str, compute) -> int:  # noqa: ANN001
+    """A per-image stage command (cams, seeds) in ``run``: ``compute(out_dir, rank=, world_size=, limit=,
+    show_progress=)`` does this worker's share; the books are :func:`~tag2mask.stages.lifecycle.run_stage`'s."""
+    from tag2mask.stages.lifecycle import item_counts, run_stage
+
+    rank, world = _ranks(args, config)
+    results = []
+
+    def work(folder: Path | None, quiet: bool) -> tuple[dict[str, int], bool]:
+        results.append(compute(folder, rank=rank, world_size=world, limit=args.limit, show_progress=not quiet))
+        return item_counts(results[-1])
+
+    run_stage(run, stage, key, inputs, work, rank=rank, world=world, collective=not args.shard)
+    r = results[0]
+    print(f"{stage.replace('_', ' ', 1)}: {r.done}/{r.total} {what} of {split} in {r.folder} "
+          f"({r.computed} computed now, {r.seconds:.1f} s)")
     return 0
 
 

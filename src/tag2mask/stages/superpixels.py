@@ -88,6 +88,12 @@ def superpixels_dir(config: Config, split: str, import_dir: str | Path | None = 
     return cache_dir(config) / "superpixels" / f"{config.data.dataset}-{split}-{key}"
 
 
+def superpixels_stage(config: Config, split: str) -> str:
+    """The run's stage name for the quasi-superpixels of ``split``: ``"superpixels"`` for the training split (the
+    pipeline's stage), ``"superpixels_<split>"`` for another one."""
+    return "superpixels" if split == config.data.train_split else f"superpixels_{split}"
+
+
 def superpixel_path(folder: Path, image_id: str) -> Path:
     """The path stem of one image's superpixels (ids may contain ``/`` for datasets with subfolders)."""
     return folder / image_id

@@ -30,7 +30,8 @@ from tag2mask.errors import ConfigError, DataError, Tag2MaskError
 from tag2mask.io import read_json, write_json, write_text
 from tag2mask.segmenters.base import Segmenter
 from tag2mask.segmenters.recipes import SegmenterRecipe, backbone_weight_name, load_recipe, total_iterations
-from tag2mask.stages.common import begin_shared_stage, end_shared_stage, join_process_group, log, open_split, runtime_device
+from tag2mask.stages.common import join_process_group, log, open_split, runtime_device
+from tag2mask.stages.lifecycle import begin_shared_stage, end_shared_stage
 from tag2mask.stages.inputs import data_fingerprint, with_data
 from tag2mask.stages.rundir import RunDir
 
