@@ -12,13 +12,13 @@ from tag2mask.config import (
     PRESETS,
     Config,
     config_from_dict,
-    config_hash,
     leaf_keys,
     load_config,
     preset_path,
-    stage_hashes,
 )
 from tag2mask.errors import ConfigError
+from tag2mask.hashing import config_hash
+from tag2mask.stages.graph import stage_hashes
 
 
 def _leaves(d: dict, prefix: str = "") -> set[str]:

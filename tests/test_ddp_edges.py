@@ -88,7 +88,7 @@ _HANGING_RANK = """
 import sys, time
 import torch
 import torch.distributed as dist
-from tag2mask.cli import distributed_failure_message
+from tag2mask.errors import distributed_failure_message
 from tag2mask.config import load_config
 from tag2mask.stages.common import join_process_group
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tag2mask.config import Config, stage_hashes
+from tag2mask.config import Config
+from tag2mask.stages.graph import stage_hashes
 from tag2mask.errors import Tag2MaskError
 from tag2mask.io import write_json
 from tag2mask.lock import holding

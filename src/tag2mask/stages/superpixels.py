@@ -23,7 +23,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tag2mask.config import RESULT_NEUTRAL_KEYS, Config, config_hash
+from tag2mask.config import Config
+from tag2mask.hashing import config_hash
+from tag2mask.stages.graph import RESULT_NEUTRAL_KEYS
 from tag2mask.data.base import capped_size, fit_image
 from tag2mask.errors import DataError, NotBuiltError
 from tag2mask.io import file_stamp, write_json

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tag2mask.config import Config, config_hash
+from tag2mask.config import Config
+from tag2mask.hashing import config_hash
 from tag2mask.errors import ConfigError, DataError, Tag2MaskError
 from tag2mask.io import read_json, write_json, write_text
 from tag2mask.segmenters.base import Segmenter
