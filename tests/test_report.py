@@ -338,7 +338,7 @@ def test_split_without_ground_truth(tmp_path: Path) -> None:
 
 def _evaluation(folder: Path, miou: float, split: str = "val", tuned: list[str] | None = None) -> None:
     """``folder/evaluation.{json,md}`` as tag2mask predict / refine write them, with the given mIoU (0..1)."""
-    from tag2mask.evaluate import ConfusionMatrix, Protocol, evaluation_report
+    from tag2mask.metrics import ConfusionMatrix, Protocol, evaluation_report
     from tag2mask.stages.evaluate import write_report
 
     conf = ConfusionMatrix(3).update(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]))

@@ -109,7 +109,7 @@ def make_validator(config: Config, recipe: SegmenterRecipe, split: str, device: 
     import numpy as np
     import torch
 
-    from tag2mask.evaluate import ConfusionMatrix
+    from tag2mask.metrics import ConfusionMatrix
     from tag2mask.segmenters.inference import predict_probabilities
     from tag2mask.stages.rundir import shard
 
