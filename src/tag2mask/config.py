@@ -61,6 +61,9 @@ class ModelsConfig:
     """Frozen foundation models (SPEC §1.1, §7.1). Names resolve in ``$TAG2MASK_WEIGHTS``; paths load as is."""
 
     clip: str = "ViT-B/16"
+    clip_arch: str = ""
+    """The OpenCLIP model name of an OpenCLIP checkpoint in ``clip`` (e.g. ``ViT-B-16``); empty for OpenAI files and
+    Hugging Face ``CLIPModel`` folders or repository names, whose layout is recognised."""
     sam_type: str = "vit_h"
     sam: str = "sam_vit_h_4b8939.pth"
 
@@ -560,6 +563,21 @@ def _check(config: Config) -> None:
     if config.cams.align < 1:
         raise ConfigError("cams.align must be positive")
     _check_sam_file(config.models.sam_type, config.models.sam)
+    _check_clip_arch(config.models.clip_arch)
+
+
+def _check_clip_arch(arch: str) -> None:
+    """ConfigError when ``models.clip_arch`` is set but not one of open_clip's built-in model names."""
+    if not arch:
+        return
+    from tag2mask.models.weights import open_clip_arch_names
+
+    names = open_clip_arch_names()
+    if names is not None and arch not in names:
+        close = difflib.get_close_matches(arch, names, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else " (open_clip.list_models() lists them)."
+        raise ConfigError(f"models.clip_arch={arch} is not an OpenCLIP model name{hint} Leave it empty for OpenAI "
+                          "files and Hugging Face CLIPModel folders.")
 
 
 def _check_sam_file(sam_type: str, sam: str) -> None:
@@ -667,15 +685,16 @@ def config_hash(obj: Any, *parents: str) -> str:
 PIPELINE: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
     # (stage, upstream stage, sections)
     ("superpixels", None, ("data.dataset", "data.root", "models.sam_type", "models.sam", "superpixels")),
-    ("train_cls", None, ("data", "models.clip", "prompts.cls", "train.cls")),
+    ("train_cls", None, ("data", "models.clip", "models.clip_arch", "prompts.cls", "train.cls")),
     ("cams_cls", "train_cls", ("cams", "caa.cls")),  # CAMs, then CAA in the same pass
     ("seeds_coarse", "cams_cls", ("seeds.coarse",)),
     ("train_seg", "seeds_coarse", ("prompts.seg", "train.seg")),
     ("cams_seg", "train_seg", ("cams", "caa.seg")),
     ("seeds_fine", "cams_seg", ("seeds.fine",)),
     # the training-free pipeline (pipeline: clip_es)
-    ("cams_clip_es", None, ("data", "models.clip", "cams", "clip_es.templates", "clip_es.box_thresh", "clip_es.boxes",
-                            "clip_es.sinkhorn_iters", "clip_es.power", "clip_es.pos_embed_f16")),
+    ("cams_clip_es", None, ("data", "models.clip", "models.clip_arch", "cams", "clip_es.templates",
+                            "clip_es.box_thresh", "clip_es.boxes", "clip_es.sinkhorn_iters", "clip_es.power",
+                            "clip_es.pos_embed_f16")),
     ("seeds_clip_es", "cams_clip_es", ("seeds.coarse", "clip_es.bg_power")),  # bg_power: CLIP-ES's argmax alpha
 )
 
