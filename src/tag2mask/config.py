@@ -60,6 +60,9 @@ class ModelsConfig:
     """Frozen foundation models (SPEC §1.1, §7.1). Names resolve in ``$TAG2MASK_WEIGHTS``; paths load as is."""
 
     clip: str = "ViT-B/16"
+    clip_arch: str = ""
+    """The OpenCLIP model name of an OpenCLIP checkpoint in ``clip`` (e.g. ``ViT-B-16``); empty for OpenAI files and
+    Hugging Face ``CLIPModel`` folders or repository names, whose layout is recognised."""
     sam_type: str = "vit_h"
     sam: str = "sam_vit_h_4b8939.pth"
 
@@ -567,6 +570,21 @@ def _check(config: Config) -> None:
     if config.cams.align < 1:
         raise ConfigError("cams.align must be positive")
     _check_sam_file(config.models.sam_type, config.models.sam)
+    _check_clip_arch(config.models.clip_arch)
+
+
+def _check_clip_arch(arch: str) -> None:
+    """ConfigError when ``models.clip_arch`` is set but not one of open_clip's built-in model names."""
+    if not arch:
+        return
+    from tag2mask.models.weights import open_clip_arch_names
+
+    names = open_clip_arch_names()
+    if names is not None and arch not in names:
+        close = difflib.get_close_matches(arch, names, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else " (open_clip.list_models() lists them)."
+        raise ConfigError(f"models.clip_arch={arch} is not an OpenCLIP model name{hint} Leave it empty for OpenAI "
+                          "files and Hugging Face CLIPModel folders.")
 
 
 def _check_sam_file(sam_type: str, sam: str) -> None:

@@ -102,10 +102,10 @@ def demo_command(args: argparse.Namespace) -> int:
         config = load_config(preset, [*args.overrides, f"data.root={(out / config.data.root).resolve()}"])
     run_dir = out / "training-free" if args.training_free else out
     from tag2mask.errors import MissingWeightsError
-    from tag2mask.models.weights import resolve_weight
+    from tag2mask.models.weights import resolve_clip
 
     try:
-        resolve_weight(config.models.clip, kind="clip")
+        resolve_clip(config.models.clip, config.models.clip_arch)
     except MissingWeightsError:
         raise NotBuiltError(
             f"the demo's tiny CLIP ({config.models.clip!r}) is not shipped in this version; the pipeline itself "

@@ -1,7 +1,8 @@
-"""Model loading: OpenAI CLIP (open_clip, QuickGELU), Segment Anything, and tiny random stand-ins.
+"""Model loading: CLIP (open_clip; OpenAI, Hugging Face and OpenCLIP weights), Segment Anything, and tiny random stand-ins.
 
 - :mod:`tag2mask.models.weights` — weights folder, known files, name → path (no torch import);
 - :mod:`tag2mask.models.clip` — :func:`load_clip`, :func:`clip_tokenizer`;
+- :mod:`tag2mask.models.clip_sources` — Hugging Face ``CLIPModel`` and OpenCLIP checkpoints into the same model;
 - :mod:`tag2mask.models.sam` — :func:`load_sam`, :func:`sam_predictor`;
 - :mod:`tag2mask.models.tiny` — tiny random CLIP/SAM and writers of the official checkpoint layouts;
 - :mod:`tag2mask.models.prompts` — the CoOp :class:`PromptLearner` and the text encoder over embedded prompts;

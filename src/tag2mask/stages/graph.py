@@ -17,15 +17,15 @@ from tag2mask.hashing import config_hash, plain
 GRAPH: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
     # (stage, upstream stage, sections)
     ("superpixels", None, ("data.dataset", "data.root", "models.sam_type", "models.sam", "superpixels")),
-    ("train_cls", None, ("data", "models.clip", "prompts.cls", "train.cls")),
+    ("train_cls", None, ("data", "models.clip", "models.clip_arch", "prompts.cls", "train.cls")),
     ("cams_cls", "train_cls", ("cams", "caa.cls")),  # CAMs, then CAA in the same pass
     ("seeds_coarse", "cams_cls", ("seeds.coarse",)),
     ("train_seg", "seeds_coarse", ("prompts.seg", "train.seg")),
     ("cams_seg", "train_seg", ("cams", "caa.seg")),
     ("seeds_fine", "cams_seg", ("seeds.fine",)),
     # the training-free pipeline (pipeline: clip_es)
-    ("cams_clip_es", None, ("data", "models.clip", "cams", "clip_es.templates", "clip_es.box_thresh", "clip_es.boxes",
-                            "clip_es.sinkhorn_iters", "clip_es.power", "clip_es.pos_embed_f16")),
+    ("cams_clip_es", None, ("data", "models.clip", "models.clip_arch", "cams", "clip_es.templates", "clip_es.box_thresh",
+                            "clip_es.boxes", "clip_es.sinkhorn_iters", "clip_es.power", "clip_es.pos_embed_f16")),
     ("seeds_clip_es", "cams_clip_es", ("seeds.coarse", "clip_es.bg_power")),  # bg_power: CLIP-ES's argmax alpha
 )
 
@@ -43,6 +43,11 @@ PER_IMAGE_KEYS = frozenset({"max_side"})
 hashes and recorded, for those images only, in the stage folder's input ledger (:mod:`tag2mask.stages.inputs`)."""
 
 
+OMITTED_AT_DEFAULT = {"models.clip_arch": ""}
+"""Keys added after runs existed whose default reproduces the earlier behaviour: left out of the stage hashes while
+they hold it, so that runs made before them keep their hashes (and are not redone)."""
+
+
 def stage_hashes(config: Config) -> dict[str, str]:
     """The config hash of every stage of the config's pipeline (SAMS seeding also depends on the superpixels)."""
     out: dict[str, str] = {}
@@ -50,7 +55,9 @@ def stage_hashes(config: Config) -> dict[str, str]:
         parents = [out[upstream]] if upstream else []
         if stage.startswith("seeds_"):
             parents.append(out["superpixels"])
-        out[stage] = config_hash(_drop_neutral({s: plain(value_at(config, s)) for s in sections}), *parents)
+        values = {s: plain(value_at(config, s)) for s in sections
+                  if s not in OMITTED_AT_DEFAULT or value_at(config, s) != OMITTED_AT_DEFAULT[s]}
+        out[stage] = config_hash(_drop_neutral(values), *parents)
     return {stage: out[stage] for stage in PIPELINE_STAGES[config.pipeline]}
 
 

@@ -193,7 +193,7 @@ def preflight(config: Config, *, limit: int | None = None) -> list[tuple[str, st
     first bad sample, ``skip`` leaves them out), both prompt-training batches fit in it, the CLIP file exists,
     and so does the SAM file when SAM has quasi-superpixels left to make. Returns the samples left out, with why.
     """
-    from tag2mask.models.weights import resolve_weight
+    from tag2mask.models.weights import resolve_clip, resolve_weight
     from tag2mask.stages.superpixels import import_source, superpixel_path, superpixels_dir
     from tag2mask.stages.train import check_batch_sizes
 
@@ -202,7 +202,7 @@ def preflight(config: Config, *, limit: int | None = None) -> list[tuple[str, st
         check_data(config, dataset)
     if config.pipeline == "fma":  # the training-free pipeline trains nothing
         check_batch_sizes(config, len(dataset))
-    resolve_weight(config.models.clip, kind="clip")
+    resolve_clip(config.models.clip, config.models.clip_arch)
     if needs_superpixels(config) and config.superpixels.source == "sam" and import_source(config) is None:
         folder = superpixels_dir(config, config.data.train_split)
         ids = dataset.ids[:limit] if limit else dataset.ids

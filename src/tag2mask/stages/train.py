@@ -76,7 +76,7 @@ def run_train(
     rank, world = join_process_group(config)
     dataset = open_split(config, config.data.train_split)
     check_batch_sizes(config, len(dataset), (task,))
-    clip = load_clip(config.models.clip, device=device)
+    clip = load_clip(config.models.clip, device=device, arch=config.models.clip_arch)
     learner = build_prompt_learner(clip, config, task, dataset.class_names).to(device)
     model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers)
     seeds_dir = _seeds_used(config, task, seeds_dir, run_path)

@@ -71,7 +71,7 @@ def header_section(run: RunView) -> str:
             ("dataset", f"{c.data.dataset} ({c.data.root})"),
             ("split", f"seeds made on {c.data.train_split}; evaluated on {c.data.eval_split}"),
             ("images", _image_count(run)),
-            ("CLIP", c.models.clip),
+            ("CLIP", c.models.clip + (f" (OpenCLIP {c.models.clip_arch})" if getattr(c.models, "clip_arch", "") else "")),
             ("quasi-superpixels", _superpixel_source(run)),
             ("seeding", f"coarse: {c.seeds.coarse.method}, bg power {c.seeds.coarse.bg_power:g}; "
                         f"fine: {c.seeds.fine.method}, bg power {c.seeds.fine.bg_power:g}"),
