@@ -26,7 +26,8 @@ from tag2mask.errors import MissingWeightsError, Tag2MaskError
 from tag2mask.models.clip import clip_tokenizer, load_clip
 from tag2mask.models.clip_cam import vit_forward
 from tag2mask.models.prompts import PromptLearner, encode_prompts
-from tag2mask.models.tiny import openai_state_dict, tiny_clip
+from tag2mask.models.tiny import tiny_clip
+from tag2mask.testing import openai_state_dict
 
 transformers = pytest.importorskip("transformers")  # the dev extra; only the reference side needs it
 

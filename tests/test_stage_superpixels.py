@@ -17,7 +17,8 @@ from tag2mask.superpixels import Superpixels
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    from tag2mask.models.tiny import save_sam_state_dict, tiny_sam
+    from tag2mask.models.tiny import tiny_sam
+    from tag2mask.testing import save_sam_state_dict
 
     base = tmp_path_factory.mktemp("sp")
     root = make_synthetic_dataset(base / "synthetic", n_train=4, n_val=1, size=(48, 64), seed=5)

@@ -11,7 +11,7 @@ then works at that size and enlarges the seed to the image's.
 
 With ``import_dir`` (``tag2mask superpixels --import DIR``) no SAM runs: each image's SAM-style annotations made
 by another tool (``DIR/<id>.json``, or the ``DIR/<id>/`` PNG folder of segment_anything's ``scripts/amg.py``; format
-in :mod:`tag2mask.superpixels.io`) are converted into the same cache layout, in a folder whose hash covers the
+in :mod:`tag2mask.superpixels.annotations`) are converted into the same cache layout, in a folder whose hash covers the
 dataset, the split and the import folder instead of the SAM model and generator settings. Annotations without a
 ``level`` are taken as level 2 (whole). An image without annotations is a DataError naming the expected file, or,
 with ``data.on_error=skip``, counted, logged and skipped; a mask whose size differs from its image's is always a
@@ -133,7 +133,7 @@ def run_superpixels(
     """Compute the missing quasi-superpixels of ``split`` (this worker's share) and return where they are.
 
     With ``import_dir`` (or the config's ``superpixels.import_dir``), convert the SAM-style annotations found there
-    instead of running SAM (see the module docstring and :mod:`tag2mask.superpixels.io`).
+    instead of running SAM (see the module docstring and :mod:`tag2mask.superpixels.annotations`).
 
     Computing locks the cache folder (:mod:`tag2mask.lock`; ``shared`` between ``--shard`` workers), so two
     commands never write one folder; reading a complete folder takes no lock.
@@ -189,7 +189,7 @@ def run_superpixels(
 
 def annotation_stamp(source: Path, image_id: str) -> list:
     """The stamp of one image's imported annotations: its JSON file, or every file of its amg.py folder."""
-    from tag2mask.superpixels.io import find_sam_annotations
+    from tag2mask.superpixels.annotations import find_sam_annotations
 
     path = find_sam_annotations(source, image_id)
     if path is None or path.is_file():
@@ -231,7 +231,7 @@ def _import_all(
 ) -> tuple[list[str], int]:
     """Convert the annotations of ``todo`` from ``source`` into ``folder``; returns (imported ids, skipped)."""
     from tag2mask.data.base import image_size
-    from tag2mask.superpixels.io import (
+    from tag2mask.superpixels.annotations import (
         annotations_have_levels,
         find_sam_annotations,
         read_sam_annotations,

@@ -19,7 +19,7 @@ from tag2mask.stages.common import (
     open_split,
     runtime_device,
 )
-from tag2mask.train.loop import TrainResult, train_prompts
+from tag2mask.prompt_training.loop import TrainResult, train_prompts
 
 
 def check_batch_sizes(config: Config, n_images: int, tasks: tuple[str, ...] = ("cls", "seg")) -> None:

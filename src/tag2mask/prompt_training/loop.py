@@ -27,10 +27,11 @@ import torch.distributed as dist
 from torch import nn
 
 from tag2mask.config import TrainTaskConfig
-from tag2mask.data.augment import augment, clip_normalise, online_labels
+from tag2mask.cam.image import clip_normalise
+from tag2mask.prompt_training.augment import augment, online_labels
 from tag2mask.errors import ConfigError, Tag2MaskError
 from tag2mask import amp, resume
-from tag2mask.train.losses import (
+from tag2mask.prompt_training.losses import (
     IGNORE_INDEX,
     ScaledBCE,
     ScaledSigmoidPixelCE,
@@ -39,7 +40,7 @@ from tag2mask.train.losses import (
     multilabel_contrastive_loss,
     sigmoid_pixel_ce_loss,
 )
-from tag2mask.train.schedule import learning_rate
+from tag2mask.prompt_training.schedule import learning_rate
 from tag2mask.io import read_label_png
 
 PIXEL_LOSSES = ("cal", "ce", "ce_manual", "ce_auto")
