@@ -14,7 +14,8 @@ import torch
 from tag2mask.cli import main
 from tag2mask.config import load_config
 from tag2mask.data import open_dataset
-from tag2mask.prompt_training.loop import checkpoint_iterations, iteration_indices
+from tag2mask.prompt_training.loop import checkpoint_iterations
+from tag2mask.resume import iteration_indices
 from tag2mask.prompt_training.schedule import learning_rate
 from tag2mask.io import read_label_png
 

@@ -13,6 +13,10 @@ therefore have two sub-sections: ``prompts.cls`` / ``prompts.seg``, ``train.cls`
 :func:`tag2mask.hashing.config_hash` gives a stable short hash of any sub-config, and
 :func:`tag2mask.stages.graph.stage_hashes` the hash of every stage (its sections and its inputs' hashes): the
 stages use them to cache results and to skip finished work. No hyper-parameter is ever encoded in a folder name.
+
+Why one module of about 650 lines: every section's dataclass (each field with the SPEC section it comes from),
+the parsing of overrides against those types, and the checks of the values are read together whenever a setting
+is added or changed; split, a reader would need three files open for one key.
 """
 
 from __future__ import annotations
