@@ -14,6 +14,7 @@ names resolve to the packaged file, never to the weights folder.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,3 +281,138 @@ def find_weights() -> list[tuple[str, str, Path | None]]:
         p = folder / w.filename
         rows.append((w.name, w.filename, p if p.is_file() else library_cache_file(w)))
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hugging Face model folders (the transformers mask sources of tag2mask.models.sam_hf)
+# ---------------------------------------------------------------------------------------------------------------
+
+HF_CONFIG = "config.json"
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+"""What a transformers model folder holds besides ``config.json``, in the order tried (the ``.bin`` is read by
+:func:`tag2mask.models.checkpoint.read_state_dict`, never unpickled as code)."""
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".pkl")
+
+
+def is_hub_repo_id(value: str) -> bool:
+    """True when ``value`` has the shape of a Hugging Face repository id (``org/name``) and not of a weight file."""
+    return bool(_REPO_ID.match(value)) and not value.lower().endswith(_FILE_SUFFIXES)
+
+
+def is_hf_reference(value: str | os.PathLike[str]) -> bool:
+    """True when ``value`` names a transformers model rather than one weight file: an existing folder, the
+    ``config.json`` of one, a weight file with a ``config.json`` beside it, or a repository id ``org/name`` that is
+    not an existing file."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return True
+    if path.is_file():
+        return path.name == HF_CONFIG or (path.suffix in (".safetensors", ".bin") and (path.parent / HF_CONFIG).is_file())
+    return is_hub_repo_id(os.fspath(value))
+
+
+def hf_weight_file(folder: Path) -> Path | None:
+    """The weight file of a transformers model folder (``model.safetensors``, else ``pytorch_model.bin``), or None
+    when the folder lacks ``config.json`` or both weight files."""
+    if not (folder / HF_CONFIG).is_file():
+        return None
+    for name in HF_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def hf_folder_candidates(repo: str) -> list[Path]:
+    """Where the folder of Hugging Face repository ``repo`` (``org/name``) is looked for, in order: the weights
+    folder (``<name>``, ``<org>--<name>``, ``<org>/<name>``), then the snapshots of the Hugging Face hub cache (the
+    one ``refs/main`` names first, then the newest)."""
+    org, name = repo.split("/", 1)
+    folder = weights_dir()
+    out = [folder / name, folder / f"{org}--{name}", folder / org / name]
+    cached = hf_hub_cache() / f"models--{org}--{name}"
+    snapshots = cached / "snapshots"
+    main = cached / "refs" / "main"
+    if main.is_file():
+        out.append(snapshots / main.read_text(encoding="utf-8").strip())
+    if snapshots.is_dir():
+        out += sorted((p for p in snapshots.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    return out
+
+
+def hf_download_hint(repo: str, folder: Path) -> str:
+    """Shell lines that fetch the transformers files of ``repo`` into ``folder`` (on a machine with internet)."""
+    d = shlex.quote(str(folder))
+    return (f"  hf download {repo} config.json model.safetensors --local-dir {d}\n"
+            f"  (older huggingface_hub: huggingface-cli download {repo} config.json model.safetensors --local-dir {d})")
+
+
+def resolve_hf_folder(name_or_path: str | os.PathLike[str], *, what: str, default_repo: str) -> Path:
+    """The folder of a transformers model: ``config.json`` plus ``model.safetensors`` (or ``pytorch_model.bin``).
+
+    ``name_or_path`` is a folder (or a file inside one), or a repository id ``org/name`` looked up by
+    :func:`hf_folder_candidates` in ``$TAG2MASK_WEIGHTS`` and the Hugging Face hub cache; ``""`` and ``"default"``
+    mean ``default_repo``. Nothing is ever downloaded. ``what`` names the model in messages (e.g. ``"SAM 2.1"``).
+
+    Raises:
+        MissingWeightsError: no complete folder. The message names the repository, the places searched, the
+            command that fetches it and where to put it.
+    """
+    value = os.fspath(name_or_path).strip()
+    repo = default_repo if value in ("", "default") else value
+    path = Path(repo).expanduser()
+    target = weights_dir() / (repo.split("/", 1)[1] if is_hub_repo_id(repo) else default_repo.split("/", 1)[1])
+    fetch = (f"tag2mask never downloads; fetch the transformers files of the Hugging Face repository "
+             f"{repo if is_hub_repo_id(repo) else default_repo} on a machine with internet, e.g.:\n"
+             f"{hf_download_hint(repo if is_hub_repo_id(repo) else default_repo, target)}\n"
+             f"and copy that folder to {target}, or pass the folder's path (models.sam=/path/to/folder).")
+    folder = path.parent if path.is_file() else path
+    if folder.is_dir():
+        if hf_weight_file(folder) is not None:
+            return folder
+        single = f"{path} is a single checkpoint file" if path.is_file() else f"folder {folder} lacks them"
+        raise MissingWeightsError(
+            f"{what} weights: {single}; {what} loads a transformers model folder ({HF_CONFIG} and "
+            f"{' or '.join(HF_WEIGHT_FILES)}, the files of the model's Hugging Face repository). {fetch}")
+    if not is_hub_repo_id(repo):
+        raise MissingWeightsError(
+            f"{what} weights {repo!r} not found: it is neither an existing folder nor a Hugging Face repository id "
+            f"(org/name, e.g. {default_repo}). {fetch}\n{_KIND_ALTERNATIVE['sam']}")
+    for candidate in hf_folder_candidates(repo):
+        if hf_weight_file(candidate) is not None:
+            return candidate
+    cache = hf_hub_cache() / f"models--{repo.replace('/', '--')}"
+    raise MissingWeightsError(
+        f"{what} weights {repo!r} not found: no folder {target} holding {HF_CONFIG} and model.safetensors (the "
+        f"weights folder: ${ENV_VAR} if set, else {DEFAULT_WEIGHTS_DIR}), and no complete snapshot in the Hugging "
+        f"Face cache ({cache}). {fetch}\n{_KIND_ALTERNATIVE['sam']}"
+    )
+
+
+HF_MASK_SOURCES: dict[str, tuple[str, str]] = {
+    "sam": ("SAM (transformers)", "facebook/sam-vit-huge"),
+    "sam-hq": ("SAM-HQ", "syscv-community/sam-hq-vit-huge"),
+    "sam2": ("SAM 2.1", "facebook/sam2.1-hiera-large"),
+    "edgetam": ("EdgeTAM", "yonigozlan/EdgeTAM-hf"),
+}
+"""``superpixels.source`` values served by transformers (:mod:`tag2mask.models.sam_hf`): (name in messages, the
+official Hugging Face repository loaded by default)."""
+
+
+def mask_source_weights(source: str, sam: str) -> str | None:
+    """The transformers weights (a folder or a Hugging Face repository id) that ``superpixels.source=source`` loads
+    with ``models.sam=sam``, or None when none does: segment_anything's own SAM (``source="sam"`` with a weight file
+    or name, the default) or a CPU source.
+
+    For ``sam-hq``, ``sam2`` and ``edgetam``, ``""``, ``"default"`` and segment_anything's names (``vit_h``, the
+    presets' ``sam_vit_h_4b8939.pth``, ``tiny``) stand for the source's official repository (:data:`HF_MASK_SOURCES`);
+    for ``sam``, only a transformers folder or repository id (:func:`is_hf_reference`) selects transformers.
+    """
+    if source not in HF_MASK_SOURCES:
+        return None
+    if source == "sam":
+        return sam if sam not in ("", "default") and is_hf_reference(sam) else None
+    if sam in ("", "default", "tiny") or known_weight(Path(sam).name, "sam") is not None:
+        return HF_MASK_SOURCES[source][1]
+    return sam
