@@ -81,7 +81,7 @@ def make_weights(folder: Path, torchscript: bool) -> None:
     import torch
     from segment_anything import sam_model_registry
 
-    from tag2mask.models.tiny import save_openai_state_dict, save_openai_torchscript, save_sam_state_dict
+    from tag2mask.testing import save_openai_state_dict, save_openai_torchscript, save_sam_state_dict
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

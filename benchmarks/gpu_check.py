@@ -114,7 +114,8 @@ def _batch(n: int, size: int, device: str) -> tuple[list[str], torch.Tensor, tor
     """Class names, CLIP-normalised images, tags and masks (the seeds' stand-in) of ``n`` synthetic images."""
     import tempfile
 
-    from tag2mask.data import clip_normalise, make_synthetic_dataset, open_dataset
+    from tag2mask.cam.image import clip_normalise
+    from tag2mask.data import make_synthetic_dataset, open_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         root = make_synthetic_dataset(f"{tmp}/shapes", n_train=n, n_val=1, size=(size, size), seed=0)
@@ -130,7 +131,7 @@ def check_prompt(report: Report, tiny: bool) -> None:
     from tag2mask.cam import GradCAMClip
     from tag2mask.config import load_config
     from tag2mask.stages.common import build_prompt_learner
-    from tag2mask.train.loop import build_loss_module, loss_and_weight
+    from tag2mask.prompt_training.loop import build_loss_module, loss_and_weight
 
     device = report.device
     config = load_config("demo" if tiny else "voc", ["data.fg_names=[]"])  # CLIP reads the synthetic class names
@@ -281,7 +282,8 @@ def check_superpixel_sources(report: Report, tiny: bool) -> None:
     from segment_anything import SamPredictor, sam_model_registry
 
     from tag2mask.config import load_config
-    from tag2mask.models.sam_hf import MASK_SOURCES, HFSamPredictor, random_hf_sam, sam_to_hf
+    from tag2mask.models.sam_hf import MASK_SOURCES, HFSamPredictor
+    from tag2mask.models.sam_hf_build import random_hf_sam, sam_to_hf
     from tag2mask.stages.superpixels import generator_params
     from tag2mask.superpixels import QuasiSuperpixelGenerator
 

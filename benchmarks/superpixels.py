@@ -257,7 +257,8 @@ def bench_sources(args: argparse.Namespace) -> None:
     from segment_anything import SamPredictor, sam_model_registry
 
     from tag2mask.config import load_config
-    from tag2mask.models.sam_hf import MASK_SOURCES, HFSamPredictor, random_hf_sam, sam_to_hf
+    from tag2mask.models.sam_hf import MASK_SOURCES, HFSamPredictor
+    from tag2mask.models.sam_hf_build import random_hf_sam, sam_to_hf
     from tag2mask.stages.superpixels import generator_params
     from tag2mask.superpixels import QuasiSuperpixelGenerator
 

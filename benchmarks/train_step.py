@@ -31,7 +31,7 @@ def main() -> None:
     from tag2mask.cam import GradCAMClip
     from tag2mask.config import load_config
     from tag2mask.models.prompts import PromptLearner
-    from tag2mask.train.losses import cam_activation_loss, multilabel_contrastive_loss
+    from tag2mask.prompt_training.losses import cam_activation_loss, multilabel_contrastive_loss
 
     config = load_config("voc")
     torch.manual_seed(0)

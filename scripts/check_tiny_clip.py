@@ -9,7 +9,7 @@ the demo's augmentation), and measures again. Reported per split and stage:
 
 * classification of the prompts from the foreground logits of the whole image: ``exact`` = the top-k classes
   are exactly the k tags; ``top1`` = the best class is a tag; ``mAP`` over the 5 classes;
-* mIoU (background included, ``tag2mask.evaluate.ConfusionMatrix``) of plain argmax seeds of the raw
+* mIoU (background included, ``tag2mask.metrics.ConfusionMatrix``) of plain argmax seeds of the raw
   Softmax-GradCAMs, ``argmax_seed(cam, fg_cls, (H, W), bg_power=p)`` for each ``p``, and of the all-background
   prediction; for information also of argmax seeds of the CAA-refined CAMs (the demo's cls CAA settings).
 
@@ -29,14 +29,15 @@ from PIL import Image
 
 from tag2mask.cam.affinity import caa_refine
 from tag2mask.cam.gradcam import GradCAMClip
-from tag2mask.data.augment import augment, clip_normalise
+from tag2mask.cam.image import clip_normalise
+from tag2mask.prompt_training.augment import augment
 from tag2mask.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_dataset
-from tag2mask.evaluate import ConfusionMatrix
+from tag2mask.metrics import ConfusionMatrix
 from tag2mask.models.clip import load_clip
 from tag2mask.models.prompts import PromptLearner
 from tag2mask.seeding import argmax_seed
 from tag2mask.stages.cams import prepare_image
-from tag2mask.train.losses import multilabel_contrastive_loss
+from tag2mask.prompt_training.losses import multilabel_contrastive_loss
 
 FG_NAMES = list(SYNTHETIC_CLASSES)
 BG_NAMES = ["background", "ground", "wall", "texture"]

@@ -65,11 +65,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tag2mask.data.augment import clip_normalise, random_color_jitter
+from tag2mask.cam.image import clip_normalise
+from tag2mask.prompt_training.augment import random_color_jitter
 from tag2mask.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_dataset
 from tag2mask.models.clip import clip_tokenizer
 from tag2mask.models.clip_cam import resize_pos_embed
-from tag2mask.models.tiny import openai_state_dict, tiny_clip
+from tag2mask.models.tiny import tiny_clip
+from tag2mask.testing import openai_state_dict
 
 FG_NAMES: tuple[str, ...] = SYNTHETIC_CLASSES
 BG_NAMES: tuple[str, ...] = ("background", "ground", "wall", "texture")  # the demo preset's bg_names

@@ -118,7 +118,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def prompt_env(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny CLIP, 8 synthetic images and their masks as coarse seeds, and overrides for 6 quick iterations."""
     from tag2mask.data import make_synthetic_dataset, open_dataset
-    from tag2mask.models.tiny import save_openai_state_dict, tiny_clip
+    from tag2mask.models.tiny import tiny_clip
+    from tag2mask.testing import save_openai_state_dict
     from tag2mask.io import write_label_png
 
     base = tmp_path_factory.mktemp("train")

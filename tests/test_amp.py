@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from tag2mask import amp
 from tag2mask.cam import GradCAMClip
 from tag2mask.config import load_config
-from tag2mask.data import clip_normalise, make_synthetic_dataset, open_dataset
+from tag2mask.cam.image import clip_normalise
+from tag2mask.data import make_synthetic_dataset, open_dataset
 from tag2mask.models.clip import load_clip
 from tag2mask.stages.common import build_prompt_learner
-from tag2mask.train.loop import build_loss_module, loss_and_weight
+from tag2mask.prompt_training.loop import build_loss_module, loss_and_weight
 
 
 @pytest.fixture(scope="module")

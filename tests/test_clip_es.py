@@ -65,7 +65,7 @@ def test_the_voc_names_and_template_are_clip_es_own(random_vit_b16: torch.nn.Mod
 
 
 def test_the_image_input_is_pil_bicubic_exactly(case: dict[str, np.ndarray]) -> None:
-    from tag2mask.data.augment import clip_normalise
+    from tag2mask.cam.image import clip_normalise
 
     x = prepare_image(case["image_u8"])
     assert tuple(x.shape) == (1, 3, 384, 512)

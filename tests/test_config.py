@@ -12,13 +12,13 @@ from tag2mask.config import (
     PRESETS,
     Config,
     config_from_dict,
-    config_hash,
     leaf_keys,
     load_config,
     preset_path,
-    stage_hashes,
 )
 from tag2mask.errors import ConfigError
+from tag2mask.hashing import config_hash
+from tag2mask.stages.graph import stage_hashes
 
 
 def _leaves(d: dict, prefix: str = "") -> set[str]:
@@ -158,6 +158,29 @@ def test_stage_hashes_change_only_downstream() -> None:
     assert runtime == base
     neutral = stage_hashes(load_config("voc", ["train.cls.resume_every=7", "superpixels.points_per_batch=16"]))
     assert neutral == base  # memory and bookkeeping settings never invalidate results
+
+
+def test_clip_arch_is_checked_and_invalidates_the_clip_stages() -> None:
+    base = stage_hashes(load_config("voc"))
+    arch = stage_hashes(load_config("voc", ["models.clip_arch=ViT-B-16"]))
+    assert [s for s in base if base[s] != arch[s]] == ["train_cls", "cams_cls", "seeds_coarse", "train_seg",
+                                                        "cams_seg", "seeds_fine"]
+    free = [stage_hashes(load_config("voc-clip-es", o)) for o in ([], ["models.clip_arch=ViT-B-16-quickgelu"])]
+    assert [s for s in free[0] if free[0][s] != free[1][s]] == ["cams_clip_es", "seeds_clip_es"]
+    with pytest.raises(ConfigError, match="models.clip_arch=ViT-B-17 is not an OpenCLIP model name; did you mean "
+                                          "ViT-B-16"):
+        load_config("voc", ["models.clip_arch=ViT-B-17"])
+
+
+def test_an_empty_clip_arch_hashes_as_if_the_key_did_not_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs made before models.clip_arch existed keep their stage hashes (and are not redone)."""
+    from tag2mask.stages import graph
+
+    now = {p: stage_hashes(load_config(p)) for p in ("voc", "voc-clip-es")}
+    assert stage_hashes(load_config("voc", ["models.clip_arch=ViT-B-16"])) != now["voc"]  # a set one counts
+    without = tuple((s, up, tuple(k for k in keys if k != "models.clip_arch")) for s, up, keys in graph.GRAPH)
+    monkeypatch.setattr(graph, "GRAPH", without)
+    assert {p: stage_hashes(load_config(p)) for p in now} == now
 
 
 def test_superpixel_pattern_override_loads_its_values() -> None:

@@ -23,7 +23,7 @@ from tag2mask.seeding.crf import (
     crf_seed,
     dense_crf,
 )
-from tag2mask.seeding.sams import argmax_seed
+from tag2mask.seeding import argmax_seed
 
 HAS_BACKEND = importlib.util.find_spec("pydensecrf") is not None
 needs_backend = pytest.mark.skipif(

@@ -34,7 +34,7 @@ def _ctx(run: Path) -> torch.Tensor:
 
 def test_a_rank_without_a_positive_pair_neither_hangs_nor_changes_the_result(prompt_env: dict, tmp_path: Path) -> None:
     from tag2mask.data import open_dataset
-    from tag2mask.train.loop import iteration_indices
+    from tag2mask.resume import iteration_indices
     from tag2mask.io import read_label_png, write_label_png
 
     overrides = [*prompt_env["overrides"], "train.seg.max_iter=2", "runtime.process_group_timeout=30"]  # fail fast
@@ -88,7 +88,7 @@ _HANGING_RANK = """
 import sys, time
 import torch
 import torch.distributed as dist
-from tag2mask.cli import distributed_failure_message
+from tag2mask.errors import distributed_failure_message
 from tag2mask.config import load_config
 from tag2mask.stages.common import join_process_group
 

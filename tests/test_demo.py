@@ -29,7 +29,7 @@ def test_demo_fine_seeds_clearly_beat_argmax_and_all_background(demo_run: tuple[
 
 def test_segment_on_the_demo_run(demo_run: tuple[Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tag2mask.data import open_dataset
-    from tag2mask.evaluate import ConfusionMatrix
+    from tag2mask.metrics import ConfusionMatrix
     from tag2mask.io import read_label_png
 
     out, _ = demo_run

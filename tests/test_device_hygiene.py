@@ -10,7 +10,7 @@ from tag2mask.config import load_config
 
 
 def test_sams_accumulates_in_float64_where_the_device_has_it() -> None:
-    from tag2mask.seeding.sams import accumulation_dtype
+    from tag2mask.superpixels.index import accumulation_dtype
 
     assert accumulation_dtype(torch.device("cpu")) == torch.float64
     assert accumulation_dtype(torch.device("cuda", 0)) == torch.float64

@@ -17,7 +17,8 @@ import torch
 
 from tag2mask.errors import Tag2MaskError
 from tag2mask.models.checkpoint import read_state_dict
-from tag2mask.models.tiny import save_openai_torchscript, tiny_clip
+from tag2mask.models.tiny import tiny_clip
+from tag2mask.testing import save_openai_torchscript
 from tag2mask.models.torchscript import read_torchscript_state_dict
 
 

@@ -43,7 +43,8 @@ def test_fit_image_and_resize_labels() -> None:
 @pytest.fixture()
 def big_photo_run(tmp_path: Path) -> tuple[Path, list[str]]:
     """The synthetic dataset with train_0001 enlarged 4× (192×256, masks too) and caps of 96 pixels."""
-    from tag2mask.models.tiny import save_openai_state_dict, tiny_clip
+    from tag2mask.models.tiny import tiny_clip
+    from tag2mask.testing import save_openai_state_dict
 
     root = tmp_path / "syn"
     make_synthetic_dataset(root, n_train=4, n_val=1, size=(48, 64), seed=2)

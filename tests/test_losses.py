@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from tag2mask.train.losses import (
+from tag2mask.prompt_training.losses import (
     ScaledBCE,
     ScaledSigmoidPixelCE,
     bce_loss,

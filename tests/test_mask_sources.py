@@ -13,9 +13,12 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from tag2mask.config import config_hash, load_config, stage_hashes
+from tag2mask.config import load_config
+from tag2mask.hashing import config_hash
+from tag2mask.stages.graph import stage_hashes
 from tag2mask.errors import MissingWeightsError, Tag2MaskError
-from tag2mask.models.sam_hf import HFSamPredictor, load_hf_sam, random_hf_sam, sam_to_hf, sam_to_hf_state_dict
+from tag2mask.models.sam_hf import HFSamPredictor, load_hf_sam
+from tag2mask.models.sam_hf_build import random_hf_sam, sam_to_hf, sam_to_hf_state_dict
 from tag2mask.models.tiny import tiny_sam
 from tag2mask.superpixels import QuasiSuperpixelGenerator
 
@@ -192,7 +195,7 @@ def test_official_repository_found_in_weights_folder(source: str, kind: str, tin
     from tag2mask.models.weights import HF_MASK_SOURCES
 
     repo = HF_MASK_SOURCES[source][1]
-    tiny_models[kind].save_pretrained(wdir / repo.split("/")[1])  # config.json + model.safetensors
+    tiny_models[kind].save_pretrained(wdir / repo)  # config.json + model.safetensors
     loaded = load_hf_sam(source)  # the official repository by default, from the weights folder
     assert type(loaded) is type(tiny_models[kind]) and not loaded.training
     assert _same_state(loaded, tiny_models[kind])
@@ -228,7 +231,7 @@ def test_missing_and_wrong_weights_messages(sam_pair: tuple, wdir: Path, tmp_pat
     with pytest.raises(MissingWeightsError) as e:
         load_hf_sam("sam2")
     msg = str(e.value)
-    for part in ("facebook/sam2.1-hiera-large", "hf download", str(wdir / "sam2.1-hiera-large"), "TAG2MASK_WEIGHTS",
+    for part in ("facebook/sam2.1-hiera-large", "hf download", str(wdir / "facebook" / "sam2.1-hiera-large"), "TAG2MASK_WEIGHTS",
                  str(tmp_path / "hub")):
         assert part in msg, part
     with pytest.raises(MissingWeightsError, match="single checkpoint file"):
@@ -266,7 +269,7 @@ def test_the_source_selects_weights_and_the_superpixel_hash() -> None:
 
 def test_official_architectures() -> None:
     """The benchmarks' full-size random models have the official repositories' shapes (configs only: no build)."""
-    from tag2mask.models.sam_hf import official_config
+    from tag2mask.models.sam_hf_build import official_config
 
     sam, hq = official_config("sam").vision_config, official_config("sam-hq")
     assert (sam.hidden_size, sam.num_hidden_layers, list(sam.global_attn_indexes)) == (1280, 32, [7, 15, 23, 31])

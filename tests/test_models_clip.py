@@ -13,7 +13,8 @@ from open_clip.transformer import QuickGELU
 
 from tag2mask.errors import MissingWeightsError, Tag2MaskError
 from tag2mask.models.clip import clip_tokenizer, load_clip
-from tag2mask.models.tiny import openai_state_dict, save_openai_state_dict, save_openai_torchscript, tiny_clip
+from tag2mask.models.tiny import tiny_clip
+from tag2mask.testing import openai_state_dict, save_openai_state_dict, save_openai_torchscript
 
 # The real ViT-B/16 of the paper (SPEC §1.1): vision width 768, 12 layers, 12 heads; text width 512, 12 layers.
 VIT_B_16 = dict(width=768, layers=12, heads=12, embed_dim=512, text_width=512, text_layers=12, text_heads=8)

@@ -14,7 +14,8 @@ from segment_anything.modeling import Sam
 
 from tag2mask.errors import ConfigError, MissingWeightsError, Tag2MaskError
 from tag2mask.models.sam import load_sam, sam_predictor
-from tag2mask.models.tiny import save_sam_state_dict, tiny_sam
+from tag2mask.models.tiny import tiny_sam
+from tag2mask.testing import save_sam_state_dict
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from tag2mask.stages.rundir import RunDir
 
 @pytest.fixture(scope="module")
 def overrides(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    from tag2mask.models.tiny import save_openai_state_dict, save_sam_state_dict, tiny_clip, tiny_sam
+    from tag2mask.models.tiny import tiny_clip, tiny_sam
+    from tag2mask.testing import save_openai_state_dict, save_sam_state_dict
 
     base = tmp_path_factory.mktemp("pipe")
     make_synthetic_dataset(base / "syn", n_train=8, n_val=2, size=(48, 64), seed=1)

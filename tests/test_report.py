@@ -20,6 +20,7 @@ from tag2mask.stages.common import open_split
 from tag2mask.stages.rundir import RunDir
 from tag2mask.viz import figures as fig
 from tag2mask.viz import report as rep
+from tag2mask.viz.report import images as report_images
 
 DATA_IMG = '<img src="data:image/png;base64,'
 METRICS = {
@@ -135,7 +136,7 @@ def test_full_report(full_run: Path) -> None:
     assert '<td class="num">0.004</td>' in html  # 896 × 4 B = 0.0036 MB at fp32
     # figures: per image 2 (image, GT) + 2 CAMs per tag + outlines + score map + 2 seeds (+ CRF)
     dataset = open_split(load_config(full_run / "config.yaml"), "train")
-    crf = 1 if rep._crf_available() else 0
+    crf = 1 if report_images.crf_available() else 0
     expected = sum(2 + 2 * len(s.labels) + 2 + 2 + crf for s in dataset)
     assert html.count(DATA_IMG) == expected
     assert "SAMS score" in html  # the score map came from tag2mask.seeding.sams_scores
@@ -164,7 +165,7 @@ def test_full_report(full_run: Path) -> None:
 
 
 def test_report_other_path_and_no_crf(full_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(rep, "_crf_available", lambda: False)
+    monkeypatch.setattr(report_images, "crf_available", lambda: False)
     out = rep.write_report(full_run, tmp_path / "elsewhere" / "r.html", n_images=1)
     html = out.read_text(encoding="utf-8")
     assert "dense CRF not installed (pip install -e &#x27;.[crf]&#x27;)" in html
@@ -338,7 +339,7 @@ def test_split_without_ground_truth(tmp_path: Path) -> None:
 
 def _evaluation(folder: Path, miou: float, split: str = "val", tuned: list[str] | None = None) -> None:
     """``folder/evaluation.{json,md}`` as tag2mask predict / refine write them, with the given mIoU (0..1)."""
-    from tag2mask.evaluate import ConfusionMatrix, Protocol, evaluation_report
+    from tag2mask.metrics import ConfusionMatrix, Protocol, evaluation_report
     from tag2mask.stages.evaluate import write_report
 
     conf = ConfusionMatrix(3).update(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]))

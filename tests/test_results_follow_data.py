@@ -20,7 +20,8 @@ from tag2mask.stages.inputs import LEDGER, InputLedger
 
 @pytest.fixture()
 def setup(tmp_path: Path) -> tuple[Path, list[str]]:
-    from tag2mask.models.tiny import save_openai_state_dict, tiny_clip
+    from tag2mask.models.tiny import tiny_clip
+    from tag2mask.testing import save_openai_state_dict
 
     make_synthetic_dataset(tmp_path / "syn", n_train=6, n_val=1, size=(48, 64), seed=3)
     save_openai_state_dict(tiny_clip(seed=0, image_size=32), tmp_path / "clip.pt")

@@ -69,7 +69,7 @@ def test_a_kill_while_saving_the_state_resumes_exactly(prompt_env: dict, tmp_pat
 
 
 def test_a_state_saved_under_other_settings_is_refused(prompt_env: dict, tmp_path: Path) -> None:
-    from tag2mask.train.loop import _load_resume
+    from tag2mask.prompt_training.loop import _load_resume
 
     folder = tmp_path / "train_cls"
     folder.mkdir()

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tag2mask.config import load_config, stage_hashes
+from tag2mask.config import load_config
+from tag2mask.stages.graph import stage_hashes
 from tag2mask.errors import Tag2MaskError
 from tag2mask.io import (
     atomic_write,

@@ -602,14 +602,14 @@ def test_precompute_superpixels_equals_from_superpixels(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(4))
 def test_generic_torch_form_equals_cpu_runs_form(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The form used off the CPU (``index_add`` over pixels, ``take``) against the CPU one (runs + numpy)."""
-    from tag2mask.seeding import sams as sams_mod
+    from tag2mask.superpixels import index as index_mod
 
     cam, fg, masks, levels = _random_case(seed, s=[8, 30, 70, 3][seed])
     index = precompute_superpixels(masks, levels)
     opts_list = [{}, {"uncovered": "argmax"}, {"norm_first": "no_norm", "gather": "sum"}]
     runs = [sams_seed(cam, fg, None, None, 0.7, precomputed=index, **o) for o in opts_list]
     runs_sc = sams_scores(cam, fg, None, None, 0.7, precomputed=index)
-    monkeypatch.setattr(sams_mod, "_CPU_RUNS", False)
+    monkeypatch.setattr(index_mod, "CPU_RUNS", False)
     for o, ref in zip(opts_list, runs):
         np.testing.assert_array_equal(sams_seed(cam, fg, None, None, 0.7, precomputed=index, **o), ref)
     sc = sams_scores(cam, fg, None, None, 0.7, precomputed=index)

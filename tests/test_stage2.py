@@ -16,7 +16,7 @@ pytest.importorskip("segmentation_models_pytorch")
 
 from tag2mask.cli import main  # noqa: E402
 from tag2mask.errors import DataError, MissingWeightsError  # noqa: E402
-from tag2mask.evaluate import ConfusionMatrix  # noqa: E402
+from tag2mask.metrics import ConfusionMatrix  # noqa: E402
 from tag2mask.segmenters.predictions import load_prediction, prediction_labels  # noqa: E402
 from tag2mask.stages.common import open_split  # noqa: E402
 from tag2mask.resume import read_meta  # noqa: E402

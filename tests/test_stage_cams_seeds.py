@@ -18,7 +18,8 @@ from tag2mask.stages.rundir import RunDir
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from tag2mask.models.tiny import save_openai_state_dict, save_sam_state_dict, tiny_clip, tiny_sam
+    from tag2mask.models.tiny import tiny_clip, tiny_sam
+    from tag2mask.testing import save_openai_state_dict, save_sam_state_dict
 
     base = tmp_path_factory.mktemp("stages")
     root = make_synthetic_dataset(base / "synthetic", n_train=4, n_val=1, size=(48, 64), seed=2)

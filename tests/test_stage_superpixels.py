@@ -17,7 +17,8 @@ from tag2mask.superpixels import Superpixels
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    from tag2mask.models.tiny import save_sam_state_dict, tiny_sam
+    from tag2mask.models.tiny import tiny_sam
+    from tag2mask.testing import save_sam_state_dict
 
     base = tmp_path_factory.mktemp("sp")
     root = make_synthetic_dataset(base / "synthetic", n_train=4, n_val=1, size=(48, 64), seed=5)
@@ -72,7 +73,7 @@ def test_cli_records_the_stage_in_the_run(setup: tuple[Path, list[str]], capsys:
     run_dir = base / "run"
     assert main(["superpixels", "--preset", "demo", "--run", str(run_dir), "--limit", "2", *overrides]) == 0
     assert "2/2 images of train" in capsys.readouterr().out
-    rec = RunDir.open(run_dir).stage_record("superpixels_train")
+    rec = RunDir.open(run_dir).stage_record("superpixels")
     assert rec.status == "done" and rec.counts["images"] == 2
     assert rec.inputs["folder"] == str(superpixels_dir(load_config("demo", overrides), "train"))
 
@@ -291,6 +292,6 @@ def test_cli_import(imported: tuple[Path, list[str], dict], capsys: pytest.Captu
     run_dir = base / "run_import"
     assert main(["superpixels", "--preset", "demo", "--run", str(run_dir), "--import", str(ann_dir), *overrides]) == 0
     assert "4/4 images of train" in capsys.readouterr().out
-    rec = RunDir.open(run_dir).stage_record("superpixels_train")
+    rec = RunDir.open(run_dir).stage_record("superpixels")
     assert rec.status == "done" and rec.inputs["import"] == str(ann_dir.resolve())
     assert rec.inputs["folder"] == str(superpixels_dir(load_config("demo", overrides), "train", ann_dir))

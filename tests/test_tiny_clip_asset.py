@@ -12,7 +12,7 @@ from open_clip.transformer import QuickGELU
 from PIL import Image
 
 from tag2mask.cam.gradcam import GradCAMClip
-from tag2mask.data.augment import clip_normalise
+from tag2mask.cam.image import clip_normalise
 from tag2mask.data.synthetic import SYNTHETIC_CLASSES, make_synthetic_dataset
 from tag2mask.errors import MissingWeightsError
 from tag2mask.models.clip import is_safetensors, load_clip

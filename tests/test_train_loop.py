@@ -14,8 +14,9 @@ import torch
 from tag2mask.cli import main
 from tag2mask.config import load_config
 from tag2mask.data import open_dataset
-from tag2mask.train.loop import checkpoint_iterations, iteration_indices
-from tag2mask.train.schedule import learning_rate
+from tag2mask.prompt_training.loop import checkpoint_iterations
+from tag2mask.resume import iteration_indices
+from tag2mask.prompt_training.schedule import learning_rate
 from tag2mask.io import read_label_png
 
 
@@ -50,10 +51,10 @@ def _ctx(run: Path, task: str) -> torch.Tensor:
 
 def test_training_lowers_the_loss(prompt_env: dict) -> None:
     from tag2mask.cam import GradCAMClip
-    from tag2mask.data import clip_normalise
+    from tag2mask.cam.image import clip_normalise
     from tag2mask.models.clip import load_clip
     from tag2mask.stages.common import build_prompt_learner
-    from tag2mask.train.losses import multilabel_contrastive_loss
+    from tag2mask.prompt_training.losses import multilabel_contrastive_loss
 
     run = prompt_env["base"] / "lower"
     assert main(["train", "--preset", "demo", "--run", str(run), "--task", "cls", *prompt_env["overrides"],
@@ -125,7 +126,7 @@ def test_two_ranks_equal_one_process(prompt_env: dict) -> None:
 
 
 def test_seg_task_uses_online_labels_from_the_crop(prompt_env: dict) -> None:
-    from tag2mask.train.loop import PromptTrainData
+    from tag2mask.prompt_training.loop import PromptTrainData
 
     config = load_config("demo", prompt_env["overrides"])
     ds = open_dataset("synthetic", prompt_env["root"], "train")

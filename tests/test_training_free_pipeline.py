@@ -118,7 +118,7 @@ def test_trained_stage_commands_refuse_a_training_free_config(tmp_path: Path,
     for command in ("train", "cams", "seeds"):
         code = main([command, "--preset", "demo-clip-es", "--task", "cls", "--run-dir", str(tmp_path / command)])
         assert code == 2 and "training-free" in capsys.readouterr().err and not (tmp_path / command).exists()
-    from tag2mask.config import stage_hashes
+    from tag2mask.stages.graph import stage_hashes
 
     assert list(stage_hashes(load_config("demo-clip-es"))) == ["superpixels", "cams_clip_es", "seeds_clip_es"]
 

@@ -27,7 +27,8 @@ def test_the_packaged_model_knows_only_its_own_words() -> None:
 
 
 def test_a_full_vocabulary_file_is_never_restricted(tmp_path: Path) -> None:
-    from tag2mask.models.tiny import save_openai_state_dict, tiny_clip
+    from tag2mask.models.tiny import tiny_clip
+    from tag2mask.testing import save_openai_state_dict
 
     save_openai_state_dict(tiny_clip(seed=0, image_size=32), tmp_path / "clip.pt")
     assert known_token_ids(tmp_path / "clip.pt") is None

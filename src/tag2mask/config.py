@@ -1,4 +1,4 @@
-"""Typed configuration: dataclasses, YAML presets shipped in the package, dotted overrides, per-stage hashes.
+"""Typed configuration: dataclasses, YAML presets shipped in the package, dotted overrides, and their checks.
 
 A config is a tree of dataclasses (:class:`Config` at the root). Presets (``voc``, ``coco``, ``demo``) are
 YAML files in ``tag2mask/presets/`` that set every field explicitly, each value with the SPEC.md section it
@@ -10,8 +10,13 @@ and once for the segmentation task (giving the *fine* seeds). Sections that diff
 therefore have two sub-sections: ``prompts.cls`` / ``prompts.seg``, ``train.cls`` / ``train.seg``,
 ``caa.cls`` / ``caa.seg``, ``seeds.coarse`` / ``seeds.fine``.
 
-:func:`config_hash` gives a stable short hash of any sub-config; stages use it (together with the hashes of
-their inputs) to cache results and to skip finished work. No hyper-parameter is ever encoded in a folder name.
+:func:`tag2mask.hashing.config_hash` gives a stable short hash of any sub-config, and
+:func:`tag2mask.stages.graph.stage_hashes` the hash of every stage (its sections and its inputs' hashes): the
+stages use them to cache results and to skip finished work. No hyper-parameter is ever encoded in a folder name.
+
+Why one module of about 650 lines: every section's dataclass (each field with the SPEC section it comes from),
+the parsing of overrides against those types, and the checks of the values are read together whenever a setting
+is added or changed; split, a reader would need three files open for one key.
 """
 
 from __future__ import annotations
@@ -19,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import hashlib
-import json
 import re
 import types
 import typing
@@ -61,6 +64,9 @@ class ModelsConfig:
     """Frozen foundation models (SPEC §1.1, §7.1). Names resolve in ``$TAG2MASK_WEIGHTS``; paths load as is."""
 
     clip: str = "ViT-B/16"
+    clip_arch: str = ""
+    """The OpenCLIP model name of an OpenCLIP checkpoint in ``clip`` (e.g. ``ViT-B-16``); empty for OpenAI files and
+    Hugging Face ``CLIPModel`` folders or repository names, whose layout is recognised."""
     sam_type: str = "vit_h"
     sam: str = "sam_vit_h_4b8939.pth"
 
@@ -410,6 +416,14 @@ def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
+def value_at(config: Config, dotted: str) -> Any:
+    """The value of the dotted key ``dotted`` (``"seeds.fine.bg_power"``, or a section such as ``"caa.cls"``)."""
+    node: Any = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def leaf_keys() -> list[str]:
     """Every dotted leaf key of :class:`Config` (what a complete preset must set)."""
     return _leaf_keys(Config)
@@ -563,6 +577,21 @@ def _check(config: Config) -> None:
     if config.cams.align < 1:
         raise ConfigError("cams.align must be positive")
     _check_sam_file(config.models.sam_type, config.models.sam)
+    _check_clip_arch(config.models.clip_arch)
+
+
+def _check_clip_arch(arch: str) -> None:
+    """ConfigError when ``models.clip_arch`` is set but not one of open_clip's built-in model names."""
+    if not arch:
+        return
+    from tag2mask.models.weights import open_clip_arch_names
+
+    names = open_clip_arch_names()
+    if names is not None and arch not in names:
+        close = difflib.get_close_matches(arch, names, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else " (open_clip.list_models() lists them)."
+        raise ConfigError(f"models.clip_arch={arch} is not an OpenCLIP model name{hint} Leave it empty for OpenAI "
+                          "files and Hugging Face CLIPModel folders.")
 
 
 def _check_sam_file(sam_type: str, sam: str) -> None:
@@ -624,7 +653,7 @@ def _check_ranges(config: Config) -> None:
     need(e.power > 0, "clip_es.power", "a positive integer", e.power)
     need(_finite(e.bg_power) and e.bg_power >= 0, "clip_es.bg_power", "a finite number >= 0", e.bg_power)
     for key in ("cams.max_side", "superpixels.max_side"):
-        value = _value_at(config, key)
+        value = value_at(config, key)
         need(value == 0 or value >= 64, key, "0 (never downscale) or at least 64 pixels", value)
     need(len(config.cams.scales) > 0 and all(_finite(v) and v > 0 for v in config.cams.scales), "cams.scales",
          "a non-empty list of positive numbers", config.cams.scales)
@@ -636,86 +665,3 @@ def _check_ranges(config: Config) -> None:
     need(config.runtime.num_workers >= 0, "runtime.num_workers", "an integer >= 0", config.runtime.num_workers)
     need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.runtime.device) is not None, "runtime.device",
          "auto, cpu, cuda, cuda:N or mps", config.runtime.device)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Hashing
-# --------------------------------------------------------------------------------------------------------------
-
-
-def canonical_json(obj: Any) -> str:
-    """A deterministic JSON text of a config (sub-)tree: sorted keys, floats in repr form."""
-    return json.dumps(_plain(obj), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
-
-
-def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    return obj
-
-
-def config_hash(obj: Any, *parents: str) -> str:
-    """A stable 12-hex-digit hash of a config sub-tree and, optionally, the hashes of the stage's inputs."""
-    h = hashlib.sha256(canonical_json(obj).encode())
-    for p in parents:
-        h.update(b"|" + p.encode())
-    return h.hexdigest()[:12]
-
-
-# The pipeline's stages in order (SPEC §0), and the config sections each one's results depend on.
-# A stage's hash covers its own sections and the hash of the stage it reads, so a change anywhere upstream
-# invalidates everything downstream and nothing else.
-PIPELINE: tuple[tuple[str, str | None, tuple[str, ...]], ...] = (
-    # (stage, upstream stage, sections)
-    ("superpixels", None, ("data.dataset", "data.root", "models.sam_type", "models.sam", "superpixels")),
-    ("train_cls", None, ("data", "models.clip", "prompts.cls", "train.cls")),
-    ("cams_cls", "train_cls", ("cams", "caa.cls")),  # CAMs, then CAA in the same pass
-    ("seeds_coarse", "cams_cls", ("seeds.coarse",)),
-    ("train_seg", "seeds_coarse", ("prompts.seg", "train.seg")),
-    ("cams_seg", "train_seg", ("cams", "caa.seg")),
-    ("seeds_fine", "cams_seg", ("seeds.fine",)),
-    # the training-free pipeline (pipeline: clip_es)
-    ("cams_clip_es", None, ("data", "models.clip", "cams", "clip_es.templates", "clip_es.box_thresh", "clip_es.boxes",
-                            "clip_es.sinkhorn_iters", "clip_es.power", "clip_es.pos_embed_f16")),
-    ("seeds_clip_es", "cams_clip_es", ("seeds.coarse", "clip_es.bg_power")),  # bg_power: CLIP-ES's argmax alpha
-)
-
-
-def _value_at(config: Config, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
-
-
-PIPELINE_STAGES = {
-    "fma": ("superpixels", "train_cls", "cams_cls", "seeds_coarse", "train_seg", "cams_seg", "seeds_fine"),
-    "clip_es": ("superpixels", "cams_clip_es", "seeds_clip_es"),
-}
-"""The stages (with a config hash) of each ``pipeline``."""
-
-
-def stage_hashes(config: Config) -> dict[str, str]:
-    """The config hash of every stage of the config's pipeline (SAMS seeding also depends on the superpixels)."""
-    out: dict[str, str] = {}
-    for stage, upstream, sections in PIPELINE:
-        parents = [out[upstream]] if upstream else []
-        if stage.startswith("seeds_"):
-            parents.append(out["superpixels"])
-        out[stage] = config_hash(_drop_neutral({s: _plain(_value_at(config, s)) for s in sections}), *parents)
-    return {stage: out[stage] for stage in PIPELINE_STAGES[config.pipeline]}
-
-
-# Keys that never change results (memory, bookkeeping): left out of the stage hashes.
-RESULT_NEUTRAL_KEYS = frozenset({"resume_every", "points_per_batch"})
-# Keys that change only the images they apply to (``max_side``: images larger than it): left out of the stage hashes
-# and recorded, for those images only, in the stage folder's input ledger (:mod:`tag2mask.stages.inputs`).
-PER_IMAGE_KEYS = frozenset({"max_side"})
-
-
-def _drop_neutral(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {k: _drop_neutral(v) for k, v in tree.items() if k not in RESULT_NEUTRAL_KEYS | PER_IMAGE_KEYS}
-    return tree

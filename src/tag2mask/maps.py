@@ -7,6 +7,7 @@ everywhere. Pure torch, no IO.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -40,3 +41,15 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if maps.shape[0] == 0:
         return maps.new_zeros((0, *size))
     return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def as_tensor(x: np.ndarray | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """A torch view of ``x`` (no copy for a writeable, positively strided numpy array), moved to ``device``."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        arr = np.asarray(x)
+        if not arr.flags.writeable or any(s < 0 for s in arr.strides):
+            arr = np.array(arr, order="C", copy=True)
+        t = torch.from_numpy(arr)
+    return t if device is None else t.to(device)

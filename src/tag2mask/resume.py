@@ -6,6 +6,9 @@ scaler's state, and ``finished`` once the training is done. Tensors and metadata
 temporary file and renamed into place (:func:`tag2mask.io.atomic_write`), so a process killed at any moment
 leaves either the old state or the new one, never weights of one iteration with the count of another.
 
+:func:`iteration_indices` gives the global batch of iteration ``t`` from the seed alone, so a resumed training
+takes exactly the batches it would have taken without the interruption (both loops use it).
+
 A finished stage-II training may keep only the metadata (no tensors): its weights are then the final file's.
 States written by tag2mask 0.1.0 (metadata in a separate ``resume.json``) are still read.
 """
@@ -17,7 +20,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tag2mask.errors import Tag2MaskError
+import numpy as np
+
+from tag2mask.errors import ConfigError, Tag2MaskError
 from tag2mask.io import atomic_write, read_json
 
 FILE = "resume.safetensors"
@@ -112,3 +117,14 @@ def truncate_metrics(path: Path, upto: int) -> None:
             continue
     with atomic_write(path, "w") as f:
         f.write("".join(line + "\n" for line in keep))
+
+
+def iteration_indices(t: int, n_images: int, batch_size: int, seed: int) -> np.ndarray:
+    """The dataset indices of iteration ``t``'s global batch (per-epoch permutation, last partial batch dropped)."""
+    per_epoch = n_images // batch_size
+    if per_epoch == 0:
+        raise ConfigError(f"batch size {batch_size} is larger than the training split ({n_images} images): lower "
+                          "train.cls.batch_size / train.seg.batch_size")
+    epoch, j = divmod(t, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n_images)
+    return perm[j * batch_size : (j + 1) * batch_size]

@@ -1,5 +1,6 @@
-"""The CAM input of one photo (SPEC §1.2; CLIP-ES's the same, CONTEXT §2.1): each side rounded up to a multiple of
-the patch size with one PIL bicubic resize, then CLIP's normalisation."""
+"""CLIP's image input: its normalisation (prompt training and CAMs), and the CAM input of one photo (SPEC §1.2;
+CLIP-ES's the same, CONTEXT §2.1): each side rounded up to a multiple of the patch size with one PIL bicubic
+resize, then CLIP's normalisation."""
 
 from __future__ import annotations
 
@@ -8,8 +9,27 @@ import math
 import numpy as np
 import torch
 
-from tag2mask.data.augment import clip_normalise
 from tag2mask.data.base import working_size
+
+#: CLIP's per-channel RGB mean and std on [0, 1] images (SPEC §1.2, §5.3 step 5).
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+
+def clip_normalise(images: np.ndarray) -> torch.Tensor:
+    """CLIP input tensor from uint8 RGB: ``H×W×3`` → float32 ``3×H×W``, ``N×H×W×3`` → ``N×3×H×W``.
+
+    ``(v/255 − mean) / std`` with CLIP's mean / std (SPEC §5.3 step 5), the same float32 operations as
+    torchvision's ``ToTensor`` + ``Normalize``.
+    """
+    arr = np.asarray(images)
+    if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
+        raise ValueError(f"images must be uint8 H×W×3 or N×H×W×3, got {arr.dtype} {arr.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32).div(255)
+    t = t.movedim(-1, -3).contiguous()
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32)[:, None, None]
+    std = torch.tensor(CLIP_STD, dtype=torch.float32)[:, None, None]
+    return (t - mean) / std
 
 
 def aligned_size(height: int, width: int, align: int) -> tuple[int, int]:

@@ -5,7 +5,6 @@ Open any of them with :func:`open_dataset`; every reader returns a :class:`SegDa
 
 from __future__ import annotations
 
-from tag2mask.data.augment import augment, clip_normalise, online_labels
 from tag2mask.data.base import KINDS, Sample, SegDataset, default_cache_dir, open_dataset
 from tag2mask.data.coco import COCO_CLASSES, COCODataset
 from tag2mask.data.folder import FolderDataset
@@ -23,9 +22,6 @@ __all__ = [
     "SegDataset",
     "SyntheticDataset",
     "VOCDataset",
-    "augment",
-    "clip_normalise",
-    "online_labels",
     "default_cache_dir",
     "make_synthetic_dataset",
     "open_dataset",

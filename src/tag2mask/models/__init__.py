@@ -1,7 +1,8 @@
-"""Model loading: OpenAI CLIP (open_clip, QuickGELU), Segment Anything, and tiny random stand-ins.
+"""Model loading: CLIP (open_clip; OpenAI, Hugging Face and OpenCLIP weights), Segment Anything, and tiny random stand-ins.
 
 - :mod:`tag2mask.models.weights` — weights folder, known files, name → path (no torch import);
 - :mod:`tag2mask.models.clip` — :func:`load_clip`, :func:`clip_tokenizer`;
+- :mod:`tag2mask.models.clip_sources` — Hugging Face ``CLIPModel`` and OpenCLIP checkpoints into the same model;
 - :mod:`tag2mask.models.sam` — :func:`load_sam`, :func:`sam_predictor`;
 - :mod:`tag2mask.models.sam_hf` — SAM, SAM-HQ, SAM 2.1 and EdgeTAM through transformers behind segment_anything's
   predictor interface: :class:`HFSamPredictor`, :func:`load_hf_sam`, :func:`hf_sam_predictor`;

@@ -6,6 +6,12 @@ The weights folder is ``$TAG2MASK_WEIGHTS`` when that variable is set (and not e
 ``~/.cache/tag2mask/weights``. A known name (``"ViT-B/16"``, ``"vit_h"``, or the file name itself such as
 ``"ViT-B-16.pt"``) resolves to its official file name in that folder; any existing file path is used as is.
 
+CLIP weights may also come as a Hugging Face ``CLIPModel`` folder (``config.json`` beside ``model.safetensors`` or
+``pytorch_model.bin``) or an OpenCLIP checkpoint; :func:`resolve_clip` finds them, by path or by hub repository name
+(``openai/clip-vit-base-patch16``): the folder of that name in the weights folder
+(``$TAG2MASK_WEIGHTS/openai/clip-vit-base-patch16/``), else the repository's snapshot in the Hugging Face hub cache.
+Nothing is ever downloaded; a missing repository is an error that gives the ``hf download`` command.
+
 A few small models ship *inside* the package (``tag2mask/models/assets``) instead: ``"tiny-synthetic"``, the tiny
 CLIP that tag2mask trains on its synthetic dataset for the offline demo (``scripts/train_tiny_clip.py``). Their
 names resolve to the packaged file, never to the weights folder.
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tag2mask.errors import MissingWeightsError
+from tag2mask.errors import MissingWeightsError, Tag2MaskError
 
 WeightKind = Literal["clip", "sam", "backbone"]
 
@@ -238,6 +244,129 @@ def resolve_weight(name_or_path: str | os.PathLike[str], kind: WeightKind = "cli
     )
 
 
+HF_MODEL_FILES = ("model.safetensors", "pytorch_model.bin")
+"""The weight files of a Hugging Face transformers model folder (a ``CLIPModel``'s beside its ``config.json``), in
+the order they are used."""
+OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+"""The weight files of an OpenCLIP repository on the hub (e.g. ``laion/CLIP-ViT-B-16-laion2B-s34B-b88K``)."""
+
+_HUB_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_WEIGHT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".safetensors", ".ckpt"})
+
+
+def is_hub_repo_name(name: str) -> bool:
+    """Whether ``name`` reads as a Hugging Face hub repository (``owner/name``) rather than a file or a known name."""
+    return (
+        _HUB_REPO.fullmatch(name) is not None
+        and Path(name).suffix.lower() not in _WEIGHT_SUFFIXES
+        and known_weight(name, "clip") is None
+    )
+
+
+def hub_snapshots(repo: str) -> list[Path]:
+    """The snapshot folders of the hub repository ``repo`` in :func:`hf_hub_cache`: the one ``refs/main`` names
+    first, then the others, newest first. Empty when the cache has none. Never downloads."""
+    base = hf_hub_cache() / f"models--{repo.replace('/', '--')}"
+    try:
+        folders = [p for p in (base / "snapshots").iterdir() if p.is_dir()]
+        folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        ref = base / "refs" / "main"
+        main = ref.read_text(encoding="utf-8").strip() if ref.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        return []
+    return sorted(folders, key=lambda p: p.name != main)  # stable: main's snapshot first, the rest newest first
+
+
+def first_file(folder: Path, names: tuple[str, ...]) -> Path | None:
+    """``folder / name`` for the first of ``names`` that is a file there, or None."""
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def hub_repo_folder(repo: str) -> Path:
+    """Where the hub repository ``repo`` is looked for in the weights folder: ``weights_dir() / repo``."""
+    return weights_dir() / repo
+
+
+def hub_download_hint(repo: str, files: tuple[str, ...]) -> str:
+    """Shell lines that fetch ``files`` of the hub repository ``repo`` into :func:`hub_repo_folder`."""
+    folder = shlex.quote(str(hub_repo_folder(repo)))
+    names = " ".join(files)
+    return (f"  hf download {repo} {names} --local-dir {folder}\n"
+            f"  (older huggingface_hub: huggingface-cli download {repo} {names} --local-dir {folder})")
+
+
+def _clip_file_in(folder: Path, arch: str) -> Path | None:
+    """The CLIP weight file in ``folder`` (OpenCLIP's names with ``arch``, else a HF model's), or None.
+
+    Raises:
+        Tag2MaskError: without ``arch``, the folder holds only an OpenCLIP checkpoint (it needs its model name).
+    """
+    found = first_file(folder, OPEN_CLIP_FILES if arch else HF_MODEL_FILES)
+    if found is None and not arch and (other := first_file(folder, OPEN_CLIP_FILES)) is not None:
+        raise Tag2MaskError(
+            f"{other} is an OpenCLIP checkpoint: give the model name it was trained as, e.g. "
+            f"models.clip_arch=ViT-B-16 (its open_clip_config.json, when there is one, names the architecture)."
+        )
+    return found
+
+
+def resolve_clip(name_or_path: str | os.PathLike[str], arch: str = "") -> Path:
+    """The weight file of a CLIP given by name, file, folder or hub repository name. Never downloads.
+
+    Without ``arch`` (OpenAI or Hugging Face layout): a folder gives its ``model.safetensors`` or
+    ``pytorch_model.bin`` (its ``config.json`` is read beside the file); with ``arch`` (an OpenCLIP model name) a
+    folder gives its ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``. A hub repository name
+    (``openai/clip-vit-base-patch16``) is such a folder in the weights folder (:func:`hub_repo_folder`), else its
+    snapshot in the Hugging Face hub cache (:func:`hub_snapshots`). Anything else goes to :func:`resolve_weight`
+    (files, OpenAI names such as ``"ViT-B/16"``, packaged models).
+
+    Raises:
+        MissingWeightsError: nothing found; the message names the folders searched and, for a hub repository,
+            the command that fetches it.
+    """
+    files = OPEN_CLIP_FILES if arch else HF_MODEL_FILES
+    wanted = f"{files[0]} (or {files[1]})" + ("" if arch else " beside config.json")
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        found = _clip_file_in(path, arch)
+        if found is None:
+            raise MissingWeightsError(f"CLIP folder {path} holds no {wanted}.")
+        return found
+    name = os.fspath(name_or_path)
+    if path.is_file() or not is_hub_repo_name(name):
+        return resolve_weight(name_or_path, kind="clip")
+    for folder in (hub_repo_folder(name), *hub_snapshots(name)):
+        found = _clip_file_in(folder, arch)
+        if found is not None:
+            return found
+    cache = hf_hub_cache() / f"models--{name.replace('/', '--')}"
+    fetch = files[:1] if arch else ("config.json", files[0])
+    raise MissingWeightsError(
+        f"CLIP weights {name!r} not found: no folder {hub_repo_folder(name)} (the weights folder, ${ENV_VAR} if set, "
+        f"else {DEFAULT_WEIGHTS_DIR}, then the repository name) holding {wanted}, and no snapshot of the "
+        f"Hugging Face repository {name} in the hub cache ({cache}).\n"
+        f"tag2mask never downloads. Fetch the repository's files with huggingface_hub's CLI, e.g.:\n"
+        f"{hub_download_hint(name, fetch)}\n"
+        f"or pass the path of a folder that holds them instead of the name.\n"
+        f"{_KIND_ALTERNATIVE['clip']}"
+    )
+
+
+def open_clip_arch_names() -> list[str] | None:
+    """The model names of open_clip's built-in configs (its ``model_configs/*.json``), found without importing it;
+    None when open_clip is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model_configs"
+    return sorted(p.stem for p in folder.glob("*.json"))
+
+
 def torch_hub_checkpoints() -> Path:
     """torch hub's download folder (``$TORCH_HOME/hub/checkpoints``), found without importing torch."""
     home = os.environ.get("TORCH_HOME", "").strip()
@@ -265,11 +394,10 @@ def library_cache_file(w: WeightFile) -> Path | None:
         path = torch_hub_checkpoints() / w.filename
         return path if path.is_file() else None
     if w.cache == "hf" and w.hub_repo:
-        snapshots = hf_hub_cache() / f"models--{w.hub_repo.replace('/', '--')}" / "snapshots"
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            hits = sorted(snapshots.glob(f"*/{name}"))
-            if hits:
-                return hits[-1]
+        for folder in hub_snapshots(w.hub_repo):
+            found = first_file(folder, HF_MODEL_FILES)
+            if found is not None:
+                return found
     return None
 
 
@@ -283,110 +411,63 @@ def find_weights() -> list[tuple[str, str, Path | None]]:
     return rows
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Hugging Face model folders (the transformers mask sources of tag2mask.models.sam_hf)
-# ---------------------------------------------------------------------------------------------------------------
-
-HF_CONFIG = "config.json"
-HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-"""What a transformers model folder holds besides ``config.json``, in the order tried (the ``.bin`` is read by
-:func:`tag2mask.models.checkpoint.read_state_dict`, never unpickled as code)."""
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
-_FILE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".pkl")
-
-
-def is_hub_repo_id(value: str) -> bool:
-    """True when ``value`` has the shape of a Hugging Face repository id (``org/name``) and not of a weight file."""
-    return bool(_REPO_ID.match(value)) and not value.lower().endswith(_FILE_SUFFIXES)
+def hf_model_file(folder: Path) -> Path | None:
+    """The weight file of a transformers model folder (``model.safetensors``, else ``pytorch_model.bin``), or None
+    when the folder lacks ``config.json`` or both weight files."""
+    return first_file(folder, HF_MODEL_FILES) if (folder / "config.json").is_file() else None
 
 
 def is_hf_reference(value: str | os.PathLike[str]) -> bool:
     """True when ``value`` names a transformers model rather than one weight file: an existing folder, the
-    ``config.json`` of one, a weight file with a ``config.json`` beside it, or a repository id ``org/name`` that is
-    not an existing file."""
+    ``config.json`` of one, a weight file with a ``config.json`` beside it, or a hub repository name ``org/name``
+    that is not an existing file."""
     path = Path(value).expanduser()
     if path.is_dir():
         return True
     if path.is_file():
-        return path.name == HF_CONFIG or (path.suffix in (".safetensors", ".bin") and (path.parent / HF_CONFIG).is_file())
-    return is_hub_repo_id(os.fspath(value))
-
-
-def hf_weight_file(folder: Path) -> Path | None:
-    """The weight file of a transformers model folder (``model.safetensors``, else ``pytorch_model.bin``), or None
-    when the folder lacks ``config.json`` or both weight files."""
-    if not (folder / HF_CONFIG).is_file():
-        return None
-    for name in HF_WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def hf_folder_candidates(repo: str) -> list[Path]:
-    """Where the folder of Hugging Face repository ``repo`` (``org/name``) is looked for, in order: the weights
-    folder (``<name>``, ``<org>--<name>``, ``<org>/<name>``), then the snapshots of the Hugging Face hub cache (the
-    one ``refs/main`` names first, then the newest)."""
-    org, name = repo.split("/", 1)
-    folder = weights_dir()
-    out = [folder / name, folder / f"{org}--{name}", folder / org / name]
-    cached = hf_hub_cache() / f"models--{org}--{name}"
-    snapshots = cached / "snapshots"
-    main = cached / "refs" / "main"
-    if main.is_file():
-        out.append(snapshots / main.read_text(encoding="utf-8").strip())
-    if snapshots.is_dir():
-        out += sorted((p for p in snapshots.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
-    return out
-
-
-def hf_download_hint(repo: str, folder: Path) -> str:
-    """Shell lines that fetch the transformers files of ``repo`` into ``folder`` (on a machine with internet)."""
-    d = shlex.quote(str(folder))
-    return (f"  hf download {repo} config.json model.safetensors --local-dir {d}\n"
-            f"  (older huggingface_hub: huggingface-cli download {repo} config.json model.safetensors --local-dir {d})")
+        return path.name == "config.json" or (path.suffix in (".safetensors", ".bin") and (path.parent / "config.json").is_file())
+    return is_hub_repo_name(os.fspath(value))
 
 
 def resolve_hf_folder(name_or_path: str | os.PathLike[str], *, what: str, default_repo: str) -> Path:
     """The folder of a transformers model: ``config.json`` plus ``model.safetensors`` (or ``pytorch_model.bin``).
 
-    ``name_or_path`` is a folder (or a file inside one), or a repository id ``org/name`` looked up by
-    :func:`hf_folder_candidates` in ``$TAG2MASK_WEIGHTS`` and the Hugging Face hub cache; ``""`` and ``"default"``
-    mean ``default_repo``. Nothing is ever downloaded. ``what`` names the model in messages (e.g. ``"SAM 2.1"``).
+    ``name_or_path`` is a folder (or a file inside one), or a hub repository name ``org/name`` looked for in the
+    weights folder (:func:`hub_repo_folder`) and then the Hugging Face hub cache (:func:`hub_snapshots`), as CLIP
+    repositories are (:func:`resolve_clip`); ``""`` and ``"default"`` mean ``default_repo``. Nothing is ever
+    downloaded. ``what`` names the model in messages (e.g. ``"SAM 2.1"``).
 
     Raises:
         MissingWeightsError: no complete folder. The message names the repository, the places searched, the
-            command that fetches it and where to put it.
+            command that fetches it and where it goes.
     """
     value = os.fspath(name_or_path).strip()
     repo = default_repo if value in ("", "default") else value
     path = Path(repo).expanduser()
-    target = weights_dir() / (repo.split("/", 1)[1] if is_hub_repo_id(repo) else default_repo.split("/", 1)[1])
-    fetch = (f"tag2mask never downloads; fetch the transformers files of the Hugging Face repository "
-             f"{repo if is_hub_repo_id(repo) else default_repo} on a machine with internet, e.g.:\n"
-             f"{hf_download_hint(repo if is_hub_repo_id(repo) else default_repo, target)}\n"
-             f"and copy that folder to {target}, or pass the folder's path (models.sam=/path/to/folder).")
+    named = repo if is_hub_repo_name(repo) else default_repo
+    fetch = (f"tag2mask never downloads; fetch the transformers files of the Hugging Face repository {named} on a "
+             f"machine with internet, e.g.:\n{hub_download_hint(named, ('config.json', HF_MODEL_FILES[0]))}\n"
+             f"or pass the path of a folder that holds them (models.sam=/path/to/folder).")
     folder = path.parent if path.is_file() else path
     if folder.is_dir():
-        if hf_weight_file(folder) is not None:
+        if hf_model_file(folder) is not None:
             return folder
         single = f"{path} is a single checkpoint file" if path.is_file() else f"folder {folder} lacks them"
         raise MissingWeightsError(
-            f"{what} weights: {single}; {what} loads a transformers model folder ({HF_CONFIG} and "
-            f"{' or '.join(HF_WEIGHT_FILES)}, the files of the model's Hugging Face repository). {fetch}")
-    if not is_hub_repo_id(repo):
+            f"{what} weights: {single}; {what} loads a transformers model folder (config.json and "
+            f"{' or '.join(HF_MODEL_FILES)}, the files of the model's Hugging Face repository). {fetch}")
+    if not is_hub_repo_name(repo):
         raise MissingWeightsError(
-            f"{what} weights {repo!r} not found: it is neither an existing folder nor a Hugging Face repository id "
+            f"{what} weights {repo!r} not found: it is neither an existing folder nor a Hugging Face repository name "
             f"(org/name, e.g. {default_repo}). {fetch}\n{_KIND_ALTERNATIVE['sam']}")
-    for candidate in hf_folder_candidates(repo):
-        if hf_weight_file(candidate) is not None:
+    for candidate in (hub_repo_folder(repo), *hub_snapshots(repo)):
+        if hf_model_file(candidate) is not None:
             return candidate
     cache = hf_hub_cache() / f"models--{repo.replace('/', '--')}"
     raise MissingWeightsError(
-        f"{what} weights {repo!r} not found: no folder {target} holding {HF_CONFIG} and model.safetensors (the "
-        f"weights folder: ${ENV_VAR} if set, else {DEFAULT_WEIGHTS_DIR}), and no complete snapshot in the Hugging "
-        f"Face cache ({cache}). {fetch}\n{_KIND_ALTERNATIVE['sam']}"
+        f"{what} weights {repo!r} not found: no folder {hub_repo_folder(repo)} holding config.json and "
+        f"{HF_MODEL_FILES[0]} (the weights folder: ${ENV_VAR} if set, else {DEFAULT_WEIGHTS_DIR}, then the repository "
+        f"name), and no complete snapshot in the Hugging Face cache ({cache}). {fetch}\n{_KIND_ALTERNATIVE['sam']}"
     )
 
 

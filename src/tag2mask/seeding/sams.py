@@ -1,4 +1,4 @@
-"""CAM → seed conversion: SAMS seeding on quasi-superpixels and plain argmax seeds (SPEC §3, §8, §9, §11.2).
+"""SAMS: seeds from CAMs by classifying quasi-superpixels (SPEC §8, Appendix C), and SAMS refinement (§11.2).
 
 SAMS (SPEC §8, Appendix C), per image, with ``P`` positive classes and ``S`` superpixels ``{M_k, level_k}``:
 
@@ -16,8 +16,7 @@ SAMS (SPEC §8, Appendix C), per image, with ``P`` positive classes and ``S`` su
 
 How it is computed (SPEC §13 item 18: no ``C×S×H×W`` tensor, and no per-mask loop over ``H×W``): the pixels are
 grouped into *atoms* — maximal sets of pixels covered by exactly the same set of masks
-(:func:`tag2mask.superpixels.atoms.compute_atoms`, the decomposition every
-:class:`~tag2mask.superpixels.Superpixels` stores). A :class:`SeedingIndex` holds the ``H×W`` atom map, the
+(:mod:`tag2mask.superpixels.index`). A :class:`~tag2mask.superpixels.index.SeedingIndex` holds the ``H×W`` atom map, the
 ``A×S`` atom/mask membership and the atom areas (``A`` is a few hundred on a VOC image, against ``H·W ≈ 190k``
 pixels). Then
 
@@ -43,7 +42,7 @@ a summation order that depends on the torch build and the CPU's vector width, so
 to within a few float32 ulps; our means are the (nearly always) correctly rounded float32 values. Seeds, labels
 and paint orders of the reference cases match exactly.
 
-Plain argmax seeds (SPEC §3 "Downstream conversion", §9): :func:`argmax_seed`.
+Plain argmax seeds (SPEC §3, §9) are :mod:`tag2mask.seeding.argmax`'s.
 
 Device-agnostic (the computation runs on the CAM's device; on the CPU two steps use numpy on zero-copy views);
 numpy or torch in, and the output type follows the type of ``cam``. Pure functions: no file IO, inputs are never
@@ -52,18 +51,23 @@ modified (a :class:`SeedingIndex` caches derived tensors on itself).
 
 from __future__ import annotations
 
-import weakref
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from tag2mask.maps import mmnorm, resize_maps
-from tag2mask.superpixels.atoms import as_bool_masks, compute_atoms  # numpy only; no import cycle
-
-if TYPE_CHECKING:  # only for annotations: importing it at run time would pull in pycocotools / segment_anything
-    from tag2mask.superpixels.container import Superpixels
+from tag2mask.maps import as_tensor, mmnorm, resize_maps
+from tag2mask.seeding.common import ArrayLike, background_row, fg_cls_tensor, float_cam, label_lut, output_like
+from tag2mask.superpixels.index import (
+    DeviceAtoms,
+    MasksLike,
+    SeedingIndex,
+    accumulation_dtype,
+    atoms_on,
+    index_for,
+    precompute_superpixels,
+)
 
 __all__ = [
     "BgMethod",
@@ -72,15 +76,12 @@ __all__ = [
     "SamsScores",
     "SeedingIndex",
     "Uncovered",
-    "argmax_seed",
     "precompute_superpixels",
     "sams_refine",
     "sams_scores",
     "sams_seed",
 ]
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
-MasksLike = Union[np.ndarray, torch.Tensor, "Superpixels"]  # an S×H×W mask stack, or a Superpixels
 NormFirst = Union[bool, Literal["double_norm", "no_norm"]]
 Gather = Literal["mean", "sum"]
 BgMethod = Literal["pow", "thresh", "alpha_bg", "no_bg"]
@@ -89,61 +90,6 @@ Uncovered = Literal["background", "argmax"]
 _GATHER_MODES = ("mean", "sum")
 _BG_METHODS = ("pow", "thresh", "alpha_bg", "no_bg")
 _UNCOVERED_MODES = ("background", "argmax")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# small helpers
-
-
-def _as_tensor(x: ArrayLike, device: Optional[torch.device] = None) -> torch.Tensor:
-    """A torch view of ``x`` (no copy for a writeable, positively strided numpy array), moved to ``device``."""
-    if isinstance(x, torch.Tensor):
-        t = x
-    else:
-        arr = np.asarray(x)
-        if not arr.flags.writeable or any(s < 0 for s in arr.strides):
-            arr = np.array(arr, order="C", copy=True)
-        t = torch.from_numpy(arr)
-    return t if device is None else t.to(device)
-
-
-def _float_cam(cam: ArrayLike) -> torch.Tensor:
-    """``cam`` as a floating tensor: floating dtypes are kept (Appendix C), anything else becomes float32."""
-    t = _as_tensor(cam)
-    if t.ndim != 3:
-        raise ValueError(f"cam must be P×h×w, got shape {tuple(t.shape)}")
-    return t if t.is_floating_point() else t.to(torch.float32)
-
-
-def _fg_cls_tensor(fg_cls: Union[Sequence[int], ArrayLike], device: torch.device) -> torch.Tensor:
-    """Positive classes (0-based) as an int64 tensor, checked so that ``c + 1`` fits a uint8 label."""
-    arr = np.asarray(fg_cls.detach().cpu() if isinstance(fg_cls, torch.Tensor) else fg_cls, dtype=np.int64)
-    arr = arr.reshape(-1)  # checked on the host: no device sync
-    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 253):
-        raise ValueError(f"fg_cls must be 0-based class ids in [0, 253], got {arr.tolist()}")
-    return _as_tensor(arr, device)
-
-
-def _label_lut(fg: torch.Tensor) -> torch.Tensor:
-    """Score-row index → label id: row 0 → 0 (background), row k → ``fg_cls[k−1] + 1`` (SPEC §3)."""
-    return torch.cat([fg.new_zeros(1), fg + 1])
-
-
-def _background_row(
-    fg_scores: torch.Tensor, bg_method: str, bg_power: float, bg_value: Optional[float]
-) -> torch.Tensor:
-    """Background score from the ``P×N`` foreground scores for ``pow`` / ``thresh`` / ``no_bg`` (SPEC §3)."""
-    n = fg_scores.shape[1]
-    if bg_method == "pow":
-        if fg_scores.shape[0] == 0:  # no positive class: max over nothing = 0, background score 1
-            return fg_scores.new_ones(n)
-        return (1 - fg_scores.amax(dim=0)) ** bg_power
-    if bg_method == "thresh":
-        assert bg_value is not None
-        return fg_scores.new_full((n,), float(bg_value))
-    if bg_method == "no_bg":
-        return fg_scores.new_full((n,), float("-inf"))
-    raise AssertionError(bg_method)
 
 
 def _check_options(norm_first: object, gather: str, bg_method: str, bg_value: Optional[float], uncovered: str) -> None:
@@ -166,297 +112,6 @@ def _check_options(norm_first: object, gather: str, bg_method: str, bg_value: Op
         raise ValueError(f"uncovered must be one of {_UNCOVERED_MODES}, got {uncovered!r}")
 
 
-def _output(x: torch.Tensor, like: ArrayLike) -> ArrayLike:
-    """Return ``x`` as numpy when ``like`` is numpy, else as a tensor (on the computing device)."""
-    return x if isinstance(like, torch.Tensor) else x.cpu().numpy()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# atom decomposition of a mask stack (computed by tag2mask.superpixels.atoms.compute_atoms)
-
-
-@dataclass(frozen=True, eq=False)
-class SeedingIndex:
-    """Atom decomposition of one image's quasi-superpixels, for fast SAMS (SPEC §8, §13 item 18).
-
-    An *atom* is a maximal set of pixels covered by exactly the same set of masks (pixels covered by no mask form
-    one atom with an empty membership row). The decomposition is exact: ``masks[k] == membership[atom_map, k]``.
-
-    Attributes:
-        atom_map: ``H×W`` int32, the atom id of every pixel.
-        membership: ``A×S`` bool, ``membership[a, k]`` is True when atom ``a`` lies inside mask ``k``.
-        atom_area: ``A`` int64, pixel count per atom.
-        levels: ``S`` int64, the superpixel levels (0 subpart, 1 part, 2 whole; SPEC §7).
-
-    Built by :func:`precompute_superpixels` (with :func:`tag2mask.superpixels.atoms.compute_atoms`, the same
-    decomposition every :class:`~tag2mask.superpixels.Superpixels` stores) or taken as is from a ``Superpixels``
-    by :meth:`from_superpixels`. Atom ids from ``compute_atoms`` are canonical (sorted by their membership bit
-    pattern), so equal mask stacks give equal indexes; SAMS itself does not depend on the numbering.
-    Size on a VOC image: ``A`` is a few hundred, so about ``4·H·W`` bytes for the map plus a few kB — a lossless
-    and ~``S/4`` times smaller stand-in for the ``S×H×W`` bool stack (:meth:`masks` rebuilds it).
-    Only plain numpy arrays: ``np.savez(path, **index.to_arrays())`` and
-    ``SeedingIndex.from_arrays(np.load(path, allow_pickle=False))`` round-trip without pickle.
-
-    The index is treated as immutable: the tensors SAMS derives from it (per device) are cached on it, so do not
-    modify its arrays in place.
-    """
-
-    atom_map: np.ndarray
-    membership: np.ndarray
-    atom_area: np.ndarray
-    levels: np.ndarray
-    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.atom_map.ndim != 2 or self.atom_map.dtype != np.int32:
-            raise ValueError(f"atom_map must be H×W int32, got {self.atom_map.shape} {self.atom_map.dtype}")
-        if self.membership.ndim != 2 or self.membership.dtype != np.bool_:
-            raise ValueError(f"membership must be A×S bool, got {self.membership.shape} {self.membership.dtype}")
-        a, s = self.membership.shape
-        if self.atom_area.shape != (a,) or self.atom_area.dtype != np.int64:
-            raise ValueError(f"atom_area must be ({a},) int64, got {self.atom_area.shape} {self.atom_area.dtype}")
-        if self.levels.shape != (s,) or self.levels.dtype != np.int64:
-            raise ValueError(f"levels must be ({s},) int64, got {self.levels.shape} {self.levels.dtype}")
-        if int(self.atom_area.sum()) != self.atom_map.size:
-            raise ValueError("atom_area does not sum to the number of pixels")
-        if self.atom_map.size and (int(self.atom_map.min()) < 0 or int(self.atom_map.max()) >= a):
-            raise ValueError(f"atom_map holds ids outside [0, {a})")
-
-    def __getstate__(self) -> dict:
-        return {k: getattr(self, k) for k in ("atom_map", "membership", "atom_area", "levels")}  # no cache
-
-    def __setstate__(self, state: dict) -> None:
-        for k, v in state.items():
-            object.__setattr__(self, k, v)
-        object.__setattr__(self, "_cache", {})
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(H, W)`` of the image."""
-        return (int(self.atom_map.shape[0]), int(self.atom_map.shape[1]))
-
-    @property
-    def num_masks(self) -> int:
-        return int(self.membership.shape[1])
-
-    @property
-    def num_atoms(self) -> int:
-        return int(self.membership.shape[0])
-
-    def mask_areas(self) -> np.ndarray:
-        """``S`` int64: ``|M_k|`` for every mask."""
-        return self.atom_area @ self.membership.astype(np.int64)
-
-    def masks(self) -> np.ndarray:
-        """Rebuild the ``S×H×W`` bool mask stack (exact)."""
-        return np.ascontiguousarray(np.moveaxis(self.membership[self.atom_map], -1, 0))
-
-    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
-        """The four arrays by ``prefix`` + field name (for ``np.savez``; no pickle needed)."""
-        return {
-            prefix + "atom_map": self.atom_map,
-            prefix + "membership": self.membership,
-            prefix + "atom_area": self.atom_area,
-            prefix + "levels": self.levels,
-        }
-
-    @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str = "") -> SeedingIndex:
-        """Inverse of :meth:`to_arrays` (``prefix`` allows several indexes in one ``.npz``)."""
-        return cls(
-            atom_map=np.asarray(arrays[prefix + "atom_map"], dtype=np.int32),
-            membership=np.asarray(arrays[prefix + "membership"], dtype=np.bool_),
-            atom_area=np.asarray(arrays[prefix + "atom_area"], dtype=np.int64),
-            levels=np.asarray(arrays[prefix + "levels"], dtype=np.int64),
-        )
-
-    @classmethod
-    def from_superpixels(cls, sp: Superpixels) -> SeedingIndex:
-        """The index of a :class:`tag2mask.superpixels.Superpixels`, from the atoms it stores (``sp.atoms``,
-        ``sp.atom_membership``, ``sp.atom_area``, ``sp.levels``); the masks are not decoded, the arrays are not
-        copied. Equivalent to ``precompute_superpixels(sp.masks, sp.levels)`` up to the atom numbering."""
-        if not _is_superpixels(sp):
-            raise TypeError(f"expected a tag2mask.superpixels.Superpixels, got {type(sp).__name__}")
-        return cls(
-            atom_map=np.asarray(sp.atoms, dtype=np.int32),
-            membership=np.asarray(sp.atom_membership, dtype=np.bool_),
-            atom_area=np.asarray(sp.atom_area, dtype=np.int64),
-            levels=_vector_int64(sp.levels),
-        )
-
-
-def _vector_int64(x: Any) -> np.ndarray:
-    """``x`` as a 1-D int64 array (the same object when it already is one)."""
-    a = np.asarray(x, dtype=np.int64)
-    return a if a.ndim == 1 else a.reshape(-1)
-
-
-def _is_superpixels(obj: object) -> bool:
-    """Duck-typed check for a :class:`tag2mask.superpixels.Superpixels` (no import of that module, which pulls in
-    pycocotools and segment_anything, and no import cycle)."""
-    return not isinstance(obj, (np.ndarray, torch.Tensor)) and all(
-        hasattr(obj, a) for a in ("atoms", "atom_membership", "atom_area", "levels", "rle_counts")
-    )
-
-
-# Superpixels → its SeedingIndex, so that repeated calls on one Superpixels reuse the index and its cached tensors.
-_SP_INDEX: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _index_of_superpixels(sp: Any) -> SeedingIndex:
-    try:
-        index = _SP_INDEX.get(sp)
-    except TypeError:  # not hashable / weak-referenceable: no caching
-        return SeedingIndex.from_superpixels(sp)
-    if index is None or not (
-        index.atom_map is sp.atoms
-        and index.membership is sp.atom_membership
-        and index.atom_area is sp.atom_area
-        and index.levels is sp.levels
-    ):  # first use, or the Superpixels' arrays were replaced
-        index = SeedingIndex.from_superpixels(sp)
-        try:
-            _SP_INDEX[sp] = index
-        except TypeError:
-            pass
-    return index
-
-
-@dataclass(frozen=True, eq=False)
-class _Atoms:
-    """A :class:`SeedingIndex` in the form SAMS uses on one device (internal; cached on the index)."""
-
-    shape: tuple[int, int]
-    levels: torch.Tensor  # (S,) int64
-    membership_acc: torch.Tensor  # (A, S) in the accumulation dtype (float64; float32 on MPS), for the per-mask sums
-    membership_i64: torch.Tensor  # (A, S) int64, for painting
-    mask_areas: torch.Tensor  # (S,) int64
-    empty_mask: int  # index of the first empty mask, -1 if none
-    # CPU: raster-order runs of equal atom ids (sums by np.add.reduceat, painting by np.repeat)
-    atom_map_np: Optional[np.ndarray]  # (H, W) int32
-    run_starts: Optional[np.ndarray]  # (R,) int64 (numpy)
-    run_len: Optional[np.ndarray]  # (R,) int64 (numpy)
-    run_atom: Optional[torch.Tensor]  # (R,) int64
-    # other devices: the flat map for index_add / take
-    atom_map_flat: Optional[torch.Tensor]  # (H*W,) int64
-
-    @property
-    def num_atoms(self) -> int:
-        return int(self.membership_acc.shape[0])
-
-
-# On the CPU, sum and paint through the atom map's runs with numpy (faster); False selects the generic torch form
-# used on other devices (index_add / take), e.g. to test it without a GPU.
-_CPU_RUNS = True
-
-
-def _atoms_on(index: SeedingIndex, device: torch.device) -> _Atoms:
-    """The (cached) device form of ``index``."""
-    runs = device.type == "cpu" and _CPU_RUNS
-    key = (device.type, device.index, runs)
-    cached = index._cache.get(key)
-    if cached is not None:
-        return cached
-    areas = index.mask_areas()
-    empty = np.flatnonzero(areas == 0)
-    membership = _as_tensor(index.membership, device)
-    common = dict(
-        shape=index.shape,
-        levels=_as_tensor(index.levels, device),
-        membership_acc=membership.to(accumulation_dtype(membership.device)),
-        membership_i64=membership.to(torch.int64),
-        mask_areas=torch.from_numpy(areas).to(device),
-        empty_mask=int(empty[0]) if empty.size else -1,
-    )
-    flat = index.atom_map.reshape(-1)
-    if runs:
-        change = np.empty(flat.shape, dtype=bool)
-        change[:1] = True
-        np.not_equal(flat[1:], flat[:-1], out=change[1:])
-        starts = np.flatnonzero(change)
-        atoms = _Atoms(
-            **common,
-            atom_map_np=np.ascontiguousarray(index.atom_map),
-            run_starts=starts,
-            run_len=np.diff(starts, append=flat.size),
-            run_atom=torch.from_numpy(flat[starts].astype(np.int64)),
-            atom_map_flat=None,
-        )
-    else:
-        atoms = _Atoms(
-            **common,
-            atom_map_np=None,
-            run_starts=None,
-            run_len=None,
-            run_atom=None,
-            atom_map_flat=_as_tensor(flat).to(device=device, dtype=torch.int64),
-        )
-    index._cache[key] = atoms
-    return atoms
-
-
-def _levels_array(levels: Union[Sequence[int], ArrayLike], s: int) -> np.ndarray:
-    if levels is None:
-        raise ValueError("levels are required with a mask stack")
-    lv = np.asarray(levels.detach().cpu() if isinstance(levels, torch.Tensor) else levels, dtype=np.int64)
-    lv = lv.reshape(-1)
-    if lv.size != s:
-        raise ValueError(f"levels has {lv.size} entries for {s} masks")
-    return lv
-
-
-def precompute_superpixels(masks: MasksLike, levels: Union[Sequence[int], ArrayLike]) -> SeedingIndex:
-    """Atom decomposition of one image's quasi-superpixels (``S×H×W`` bool masks + ``S`` levels; SPEC §8).
-
-    Computed by :func:`tag2mask.superpixels.atoms.compute_atoms` (numpy, on the CPU; torch masks on any device are
-    copied there). Costs about one pass over the masks; reuse the result with ``sams_seed(..., precomputed=index)``
-    for every CAM and hyper-parameter of that image. ``masks`` may also be a
-    :class:`~tag2mask.superpixels.Superpixels` (``levels`` then ``None`` or equal to its levels): its stored atoms
-    are used, see :meth:`SeedingIndex.from_superpixels`.
-    """
-    if _is_superpixels(masks):
-        return _index_for(masks, levels, None)
-    m = as_bool_masks(masks)
-    lv = _levels_array(levels, m.shape[0])
-    dec = compute_atoms(m)
-    return SeedingIndex(atom_map=dec.atoms, membership=dec.membership, atom_area=dec.area, levels=lv)
-
-
-def _index_for(
-    masks: Optional[MasksLike],
-    levels: Optional[Union[Sequence[int], ArrayLike]],
-    precomputed: Optional[SeedingIndex],
-) -> SeedingIndex:
-    """The index to seed with: ``precomputed``, else the atoms stored in a ``Superpixels``, else built from
-    ``masks`` (checking that whatever else is given agrees with it)."""
-    sp = masks if masks is not None and _is_superpixels(masks) else None
-    if precomputed is not None:
-        index = precomputed
-    elif sp is not None:
-        index = _index_of_superpixels(sp)
-    else:
-        if masks is None or levels is None:
-            raise ValueError("give masks and levels, a Superpixels, or precomputed=")
-        return precompute_superpixels(masks, levels)
-    if levels is not None:
-        lv = np.asarray(levels.detach().cpu() if isinstance(levels, torch.Tensor) else levels, dtype=np.int64)
-        if not np.array_equal(lv.reshape(-1), index.levels):
-            raise ValueError(
-                "levels differ from the Superpixels' levels" if precomputed is None else
-                "levels differ from precomputed.levels"
-            )
-    if precomputed is not None and masks is not None:
-        if sp is not None:
-            got = (len(sp.levels), *tuple(int(v) for v in sp.size))
-            same_levels = np.array_equal(np.asarray(sp.levels, dtype=np.int64).reshape(-1), index.levels)
-        else:
-            got, same_levels = tuple(masks.shape), True
-        if got != (index.num_masks, *index.shape) or not same_levels:
-            raise ValueError(
-                f"masks {got} do not match the precomputed index {(index.num_masks, *index.shape)}"
-                + ("" if same_levels else " (levels differ)")
-            )
-    return index
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -491,13 +146,8 @@ class _Core:
     lut: torch.Tensor  # (1+P,)
 
 
-def accumulation_dtype(device: torch.device) -> torch.dtype:
-    """The dtype per-superpixel sums accumulate in: float64, except on devices without it (Apple MPS: float32)."""
-    return torch.float32 if torch.device(device).type == "mps" else torch.float64
-
-
 def _gather(
-    values: torch.Tensor, atoms: _Atoms, how: str, clamp: bool = False, clamp_inplace: bool = False
+    values: torch.Tensor, atoms: DeviceAtoms, how: str, clamp: bool = False, clamp_inplace: bool = False
 ) -> torch.Tensor:
     """Per-superpixel mean (or sum) of ``values`` (``C×HW``) → ``C×S`` in ``values``' dtype.
 
@@ -525,7 +175,7 @@ def _gather(
         if atoms.atom_map_flat is not None:
             acc.index_add_(1, atoms.atom_map_flat, v)
         else:  # a CPU index used with a tensor that needs grad: the differentiable form
-            acc.index_add_(1, _as_tensor(atoms.atom_map_np.reshape(-1)).to(torch.int64), v)
+            acc.index_add_(1, as_tensor(atoms.atom_map_np.reshape(-1)).to(torch.int64), v)
     sums = acc @ atoms.membership_acc
     if how == "mean":
         sums = sums / atoms.mask_areas
@@ -535,7 +185,7 @@ def _gather(
 def _sams_core(
     cam: ArrayLike,
     fg_cls: Union[Sequence[int], ArrayLike],
-    atoms: _Atoms,
+    atoms: DeviceAtoms,
     bg_power: float,
     norm_first: NormFirst,
     gather: str,
@@ -543,9 +193,9 @@ def _sams_core(
     bg_value: Optional[float],
 ) -> _Core:
     """SPEC §8 steps 1–7 on the atoms (shared by :func:`sams_seed` and :func:`sams_scores`)."""
-    x = _float_cam(cam)
+    x = float_cam(cam)
     dev = x.device
-    fg = _fg_cls_tensor(fg_cls, dev)
+    fg = fg_cls_tensor(fg_cls, dev)
     p = int(fg.numel())
     want = p + 1 if bg_method == "alpha_bg" else p
     if x.shape[0] != want:
@@ -580,10 +230,10 @@ def _sams_core(
     if bg_method == "alpha_bg":
         scores = torch.cat([(q[:1] ** bg_power), q[1:]], dim=0)
     else:
-        scores = torch.cat([_background_row(q, bg_method, bg_power, bg_value)[None], q], dim=0)
+        scores = torch.cat([background_row(q, bg_method, bg_power, bg_value)[None], q], dim=0)
 
     # step 6: argmax (first maximum wins) and confidence
-    lut = _label_lut(fg)
+    lut = label_lut(fg)
     if s:
         idx = torch.argmax(scores, dim=0)
         conf = scores.gather(0, idx[None])[0]
@@ -614,11 +264,11 @@ def _pixel_labels(
         stack = x
     else:
         fg = x if norm_first == "no_norm" else mmnorm(x, dim=1)
-        stack = torch.cat([_background_row(fg, bg_method, bg_power, bg_value)[None], fg], dim=0)
+        stack = torch.cat([background_row(fg, bg_method, bg_power, bg_value)[None], fg], dim=0)
     return core.lut[torch.argmax(stack, dim=0)]
 
 
-def _per_pixel(per_atom: torch.Tensor, atoms: _Atoms, atom_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _per_pixel(per_atom: torch.Tensor, atoms: DeviceAtoms, atom_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``per_atom[atom_map]`` as an ``H×W`` tensor: one gather, or on the CPU one ``np.repeat`` over the runs.
     With ``atom_ids`` (``A``, int64), ``per_atom[atom_ids[atom_map]]``."""
     if atoms.run_atom is not None:
@@ -629,7 +279,7 @@ def _per_pixel(per_atom: torch.Tensor, atoms: _Atoms, atom_ids: Optional[torch.T
     return torch.take(per_atom, atoms.atom_map_flat).reshape(atoms.shape)
 
 
-def _paint(core: _Core, atoms: _Atoms, fill: Optional[torch.Tensor]) -> torch.Tensor:
+def _paint(core: _Core, atoms: DeviceAtoms, fill: Optional[torch.Tensor]) -> torch.Tensor:
     """SPEC §8 steps 7–8: per atom, the label of the last mask in paint order containing it; ``H×W`` uint8."""
     s = int(core.order.numel())
     dev = core.order.device
@@ -652,7 +302,7 @@ def sams_scores(
     cam: ArrayLike,
     fg_cls: Union[Sequence[int], ArrayLike],
     masks: Optional[MasksLike],
-    levels: Optional[Union[Sequence[int], ArrayLike]],
+    levels: Optional[Union[Sequence[int], ArrayLike]] = None,
     bg_power: float = 0.7,
     *,
     norm_first: NormFirst = True,
@@ -666,14 +316,14 @@ def sams_scores(
     Same arguments as :func:`sams_seed` (without ``uncovered``). Outputs are numpy when ``cam`` is numpy.
     """
     _check_options(norm_first, gather, bg_method, bg_value, "background")
-    x = _as_tensor(cam)
-    atoms = _atoms_on(_index_for(masks, levels, precomputed), x.device)
+    x = as_tensor(cam)
+    atoms = atoms_on(index_for(masks, levels, precomputed), x.device)
     core = _sams_core(x, fg_cls, atoms, bg_power, norm_first, gather, bg_method, bg_value)
     return SamsScores(
-        scores=_output(core.scores.T.contiguous(), cam),
-        labels=_output(core.labels, cam),
-        conf=_output(core.conf, cam),
-        paint_order=_output(core.order, cam),
+        scores=output_like(core.scores.T.contiguous(), cam),
+        labels=output_like(core.labels, cam),
+        conf=output_like(core.conf, cam),
+        paint_order=output_like(core.order, cam),
     )
 
 
@@ -681,7 +331,7 @@ def sams_seed(
     cam: ArrayLike,
     fg_cls: Union[Sequence[int], ArrayLike],
     masks: Optional[MasksLike],
-    levels: Optional[Union[Sequence[int], ArrayLike]],
+    levels: Optional[Union[Sequence[int], ArrayLike]] = None,
     bg_power: float = 0.7,
     *,
     norm_first: NormFirst = True,
@@ -729,18 +379,18 @@ def sams_seed(
     everywhere (SPEC §13 item 17), so with ``pow`` the background (score 1) wins. An empty mask is an error.
     """
     _check_options(norm_first, gather, bg_method, bg_value, uncovered)
-    x = _as_tensor(cam)
-    atoms = _atoms_on(_index_for(masks, levels, precomputed), x.device)
+    x = as_tensor(cam)
+    atoms = atoms_on(index_for(masks, levels, precomputed), x.device)
     core = _sams_core(x, fg_cls, atoms, bg_power, norm_first, gather, bg_method, bg_value)
     fill = _pixel_labels(core, norm_first, bg_method, bg_power, bg_value) if uncovered == "argmax" else None
-    return _output(_paint(core, atoms, fill), cam)
+    return output_like(_paint(core, atoms, fill), cam)
 
 
 def sams_refine(
     prob: ArrayLike,
     fg_cls: Union[Sequence[int], ArrayLike],
     masks: Optional[MasksLike],
-    levels: Optional[Union[Sequence[int], ArrayLike]],
+    levels: Optional[Union[Sequence[int], ArrayLike]] = None,
     alpha: float = 1.0,
     uncovered: Uncovered = "background",
     *,
@@ -770,33 +420,3 @@ def sams_refine(
     )
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# plain argmax seeds
-
-
-def argmax_seed(
-    cam: ArrayLike,
-    fg_cls: Union[Sequence[int], ArrayLike],
-    size: tuple[int, int],
-    bg_power: float = 1.0,
-    normalise: bool = True,
-) -> ArrayLike:
-    """Plain CAM → seed (SPEC §3 "Downstream conversion", §9): ``H×W`` uint8, 0 bg, ``c+1`` class ``c``.
-
-    Resize to ``size = (H, W)`` first (bilinear, ``align_corners=False``), then clamp at 0 and min-max per class
-    over ``H×W`` (+1e-7), ``bg = (1 − max_c score_c)^bg_power``, argmax over ``[bg, classes]`` (first maximum
-    wins), row 0 → 0 and row ``k`` → ``fg_cls[k−1] + 1``. numpy or torch in; the output type follows ``cam``.
-    ``normalise=False`` takes the maps as scores as they are, in their own dtype: CLIP-ES's seeds from its
-    float16 ``attn_highres`` maps (CONTEXT §2.5, :mod:`tag2mask.cam.clip_es`).
-    """
-    x = _float_cam(cam)
-    fg = _fg_cls_tensor(fg_cls, x.device)
-    if x.shape[0] != fg.numel():
-        raise ValueError(f"cam has {x.shape[0]} channels for {fg.numel()} positive classes")
-    h, w = int(size[0]), int(size[1])
-    score = resize_maps(x, (h, w)).reshape(x.shape[0], h * w)
-    if normalise:
-        score = mmnorm(score, dim=1)
-    stack = torch.cat([_background_row(score, "pow", bg_power, None)[None], score], dim=0)
-    seed = _label_lut(fg)[torch.argmax(stack, dim=0)].to(torch.uint8).reshape(h, w)
-    return _output(seed, cam)

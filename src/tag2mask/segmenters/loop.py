@@ -1,6 +1,6 @@
 """The stage-II training loop: a :class:`~tag2mask.segmenters.base.Segmenter` on seed label maps.
 
-Iteration ``t`` takes the global batch :func:`tag2mask.train.loop.iteration_indices` gives (a fresh permutation
+Iteration ``t`` takes the global batch :func:`tag2mask.resume.iteration_indices` gives (a fresh permutation
 per epoch, seeded), augments sample ``k`` of it with ``numpy.random.default_rng([seed, t, k])`` and seeds torch
 with ``(seed, t)`` before the forward pass (dropout, Mask2Former's point sampling). The whole run is therefore a
 pure function of the recipe and the data, and a run resumed from its last saved state gives the same weights as
@@ -43,7 +43,7 @@ from tag2mask.segmenters.augment import train_sample
 from tag2mask.segmenters.base import Segmenter
 from tag2mask.segmenters.inference import autocast
 from tag2mask.segmenters.recipes import SegmenterRecipe
-from tag2mask.train.loop import iteration_indices
+from tag2mask.resume import iteration_indices
 
 Validator = Callable[[Segmenter], float]
 """``validate(model) → mIoU %``; called on every rank (it splits the images over the ranks and sums their counts)."""

@@ -187,7 +187,7 @@ def _computer(config: Config, task: str, dataset: Any, context: Path | None):
             f"'tag2mask train --task {task} --run RUN' or pass --weights FILE"
         )
     device = runtime_device(config)
-    clip = load_clip(config.models.clip, device=device)
+    clip = load_clip(config.models.clip, device=device, arch=config.models.clip_arch)
     learner = build_prompt_learner(clip, config, task, dataset.class_names).to(device)
     learner.load_context(context)
     model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers).eval()
@@ -208,7 +208,7 @@ def _clip_es_computer(config: Config, dataset: Any):
     from tag2mask.models.clip import load_clip
 
     device = runtime_device(config)
-    clip = load_clip(config.models.clip, device=device)
+    clip = load_clip(config.models.clip, device=device, arch=config.models.clip_arch)
     fg = list(config.data.fg_names) or list(dataset.class_names)
     e = config.clip_es
     text_features = clip_es_text_features(clip, [*fg, *config.data.bg_names], e.templates)

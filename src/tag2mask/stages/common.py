@@ -178,18 +178,3 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
-
-
-def begin_shared_stage(run: Any, stage: str, config_hash: str, inputs: dict[str, Any], rank: int) -> Path:
-    """Rank 0 prepares the stage folder (clearing results of another config) while the other ranks wait."""
-    if rank == 0:
-        run.begin_stage(stage, config_hash, inputs)
-    barrier()
-    return run.stage_dir(stage)
-
-
-def end_shared_stage(run: Any, stage: str, counts: dict[str, int], seconds: float, complete: bool, rank: int) -> None:
-    """After every rank has finished its share, rank 0 marks the stage done when nothing is missing."""
-    barrier()
-    if rank == 0 and complete:
-        run.end_stage(stage, counts, seconds)

@@ -7,15 +7,18 @@ several of its values that way, and a number is only comparable when that is sai
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from tag2mask.config import Config
 from tag2mask.errors import DataError, Tag2MaskError
-from tag2mask.evaluate import ConfusionMatrix, Protocol, evaluation_report, report_markdown
+from tag2mask.metrics import ConfusionMatrix, Protocol, evaluation_report, report_markdown
 from tag2mask.io import read_label_png, write_json, write_text
+from tag2mask.seeding import argmax_seed
 from tag2mask.stages.common import open_split, progress
 
 # The reference's values that its authors chose with ground truth (SPEC §8 table, §13 items 7-8).
@@ -124,7 +127,6 @@ def argmax_sweep(config: Config, cams_dir: Path, split: str, limit: int | None =
     are CLIP-ES's (its float16 maps at the image size, α = the power; CONTEXT §2.5).
     """
     from tag2mask.cam.clip_es import clip_es_highres
-    from tag2mask.evaluate import sweep_bg_power
     from tag2mask.stages.cams import load_cam_file
 
     dataset = open_split(config, split)
@@ -143,3 +145,36 @@ def argmax_sweep(config: Config, cams_dir: Path, split: str, limit: int | None =
     gts = (dataset.load_mask(i) for i in ids)
     return sweep_bg_power(cams(), gts, list(config.evaluate.argmax_bg_powers), dataset.num_classes + 1,
                           config.evaluate.ignore_index, normalise=not clip_es)
+
+
+def sweep_bg_power(
+    cams_iter: Iterable[tuple[Any, Any, tuple[int, int]]],
+    gts_iter: Iterable[np.ndarray | torch.Tensor],
+    powers: Sequence[float],
+    num_classes: int,
+    ignore_index: int = 255,
+    normalise: bool = True,
+) -> dict[float, float]:
+    """mIoU of plain argmax seeds for each background exponent (SPEC §9 CAM evaluation; §13 items 7–8).
+    ``normalise=False``: the maps are scores already (CLIP-ES's float16 maps at the image size).
+
+    ``cams_iter`` yields ``(cam P×h×w, fg_cls, (H, W))`` and ``gts_iter`` the matching ``H×W`` ground truths (same
+    order and length); both are consumed once, every power is evaluated per image
+    (:func:`tag2mask.seeding.argmax_seed`). Returns ``{power: mIoU}`` in the order of ``powers``.
+
+    Picking the best power from this result is **tuning on ground truth**: record it in
+    :attr:`Protocol.tuned_on_gt`, e.g. ``"bg_power chosen among 1,2 by GT mIoU on train"``. No file IO.
+    """
+    ps = [float(p) for p in powers]
+    if not ps:
+        raise ValueError("powers is empty")
+    if len(set(ps)) != len(ps):
+        raise ValueError(f"powers has duplicates: {ps}")
+    cms = {p: ConfusionMatrix(num_classes, ignore_index) for p in ps}
+    for (cam, fg_cls, size), gt in zip(cams_iter, gts_iter, strict=True):
+        gt_arr = gt.detach().cpu().numpy() if isinstance(gt, torch.Tensor) else np.asarray(gt)
+        if tuple(gt_arr.shape) != tuple(size):
+            raise ValueError(f"ground truth is {gt_arr.shape} but the seed size is {tuple(size)}")
+        for p in ps:
+            cms[p].update(argmax_seed(cam, fg_cls, size, p, normalise=normalise), gt_arr)
+    return {p: cms[p].miou() for p in ps}

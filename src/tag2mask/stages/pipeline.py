@@ -13,13 +13,13 @@ shards its images over the ranks and prompt training runs data-parallel; rank 0 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tag2mask.config import Config, stage_hashes
+from tag2mask.config import Config
+from tag2mask.stages.graph import stage_hashes
 from tag2mask.errors import Tag2MaskError
 from tag2mask.io import write_json
 from tag2mask.lock import holding
@@ -32,6 +32,7 @@ from tag2mask.stages.common import (
     open_split,
     runtime_device,
 )
+from tag2mask.stages.lifecycle import Work, item_counts, run_stage
 from tag2mask.stages.rundir import RunDir
 
 STEPS = ("superpixels", "train_cls", "cams_cls", "seeds_coarse", "train_seg", "cams_seg", "seeds_fine", "evaluate")
@@ -100,68 +101,44 @@ def _run_stages(config: Config, run_dir: Path, device: str, rank: int, world: in
     result = PipelineResult(run.path)
     out = say if lead else (lambda _msg: None)
 
-    def step(number: int, name: str, inputs: dict[str, Any], work: Callable[[Path], tuple[dict[str, int], bool]],
-             key: str | None = None) -> None:
-        """Run one stage under ``key`` (default: its config hash). A training stage done under the same key (which
-        covers its data) is skipped; a per-image stage always looks, image by image, for what changed
-        (:mod:`tag2mask.stages.inputs`) and is skipped when nothing did."""
+    def step(number: int, name: str, inputs: dict[str, Any], work: Work, key: str | None = None) -> None:
+        """Run one stage under ``key`` (default: its config hash) with the books of :func:`run_stage`."""
         label = f"[{number}/{len(steps_of(config))}] {name}"
-        key = key or hashes[name]
-        done_before = run.is_done(name, key)
-        if done_before and name.startswith("train_"):
-            out(f"{label}: done earlier, skipped")
+        outcome = run_stage(run, name, key or hashes[name], inputs, work, rank=rank, world=world,
+                            per_image=not name.startswith("train_"))
+        result.seconds[name] = outcome.seconds
+        if outcome.skipped:
             result.skipped.append(name)
-            result.seconds[name] = 0.0
-            return
-        folder = run.begin_stage(name, key, inputs) if lead and not done_before else run.stage_dir(name)
-        barrier()
-        t0 = time.perf_counter()
-        counts, complete = work(folder)
-        barrier()
-        if world > 1 and not name.startswith("train_"):  # every rank's share is done now: count again (no work)
-            complete = work(folder)[1]
-        seconds = time.perf_counter() - t0
-        if done_before and complete and counts.get("computed") == 0:
-            out(f"{label}: done earlier, skipped")
-            result.skipped.append(name)
-            result.seconds[name] = 0.0
-            return
-        result.seconds[name] = seconds
-        if not complete:
-            raise Tag2MaskError(f"{name} did not finish ({counts}); run the same command again to resume")
-        if lead:
-            run.end_stage(name, counts, seconds)
-        out(f"{label}: {', '.join(f'{k} {v}' for k, v in counts.items())} ({seconds:.1f} s)")
+        elif not outcome.complete:
+            raise Tag2MaskError(f"{name} did not finish ({outcome.counts}); run the same command again to resume")
+        out(f"{label}: {outcome.summary()}")
 
-    common = {"rank": rank, "world_size": world, "limit": limit, "show_progress": show_progress and lead}
+    def common(quiet: bool) -> dict[str, Any]:
+        return {"rank": rank, "world_size": world, "limit": limit, "show_progress": show_progress and lead and not quiet}
 
-    def superpixels(_folder: Path) -> tuple[dict[str, int], bool]:
-        r = run_superpixels(config, split, **common)
-        return {"images": r.total, "computed": r.computed}, r.complete
+    def superpixels(_folder: Path | None, quiet: bool) -> tuple[dict[str, int], bool]:
+        return item_counts(run_superpixels(config, split, **common(quiet)))
 
-    def train(task: str, key: str) -> Callable[[Path], tuple[dict[str, int], bool]]:
-        def work(folder: Path) -> tuple[dict[str, int], bool]:
+    def train(task: str, key: str) -> Work:
+        def work(folder: Path | None, _quiet: bool) -> tuple[dict[str, int], bool]:
             r = run_train(config, task, run.path, folder, key, show_progress=show_progress and lead)
             return {"iterations": r.iterations}, r.iterations == getattr(config.train, task).max_iter
 
         return work
 
-    def cams(task: str) -> Callable[[Path], tuple[dict[str, int], bool]]:
-        def work(folder: Path) -> tuple[dict[str, int], bool]:
+    def cams(task: str) -> Work:
+        def work(folder: Path | None, quiet: bool) -> tuple[dict[str, int], bool]:
             ctx = context_path(run.path, task, getattr(config.train, task).checkpoint)
-            r = run_cams(config, task, split, folder, context=ctx, **common)
-            return {"images": r.total, "computed": r.computed}, r.complete
+            return item_counts(run_cams(config, task, split, folder, context=ctx, **common(quiet)))
 
         return work
 
-    def cams_training_free(folder: Path) -> tuple[dict[str, int], bool]:
-        r = run_cams(config, "clip_es", split, folder, **common)
-        return {"images": r.total, "computed": r.computed}, r.complete
+    def cams_training_free(folder: Path | None, quiet: bool) -> tuple[dict[str, int], bool]:
+        return item_counts(run_cams(config, "clip_es", split, folder, **common(quiet)))
 
-    def seeds(task: str) -> Callable[[Path], tuple[dict[str, int], bool]]:
-        def work(folder: Path) -> tuple[dict[str, int], bool]:
-            r = run_seeds(config, task, split, run.stage_dir(f"cams_{task}"), folder, **common)
-            return {"images": r.total, "computed": r.computed}, r.complete
+    def seeds(task: str) -> Work:
+        def work(folder: Path | None, quiet: bool) -> tuple[dict[str, int], bool]:
+            return item_counts(run_seeds(config, task, split, run.stage_dir(f"cams_{task}"), folder, **common(quiet)))
 
         return work
 
@@ -216,7 +193,7 @@ def preflight(config: Config, *, limit: int | None = None) -> list[tuple[str, st
     first bad sample, ``skip`` leaves them out), both prompt-training batches fit in it, the CLIP file exists,
     and so does the SAM file when SAM has quasi-superpixels left to make. Returns the samples left out, with why.
     """
-    from tag2mask.models.weights import resolve_weight
+    from tag2mask.models.weights import resolve_clip, resolve_weight
     from tag2mask.stages.superpixels import (CPU_SOURCES, hf_weights, import_source, superpixel_path,
                                              superpixels_dir)
     from tag2mask.stages.train import check_batch_sizes
@@ -226,7 +203,7 @@ def preflight(config: Config, *, limit: int | None = None) -> list[tuple[str, st
         check_data(config, dataset)
     if config.pipeline == "fma":  # the training-free pipeline trains nothing
         check_batch_sizes(config, len(dataset))
-    resolve_weight(config.models.clip, kind="clip")
+    resolve_clip(config.models.clip, config.models.clip_arch)
     if needs_superpixels(config) and config.superpixels.source not in CPU_SOURCES and import_source(config) is None:
         folder = superpixels_dir(config, config.data.train_split)
         ids = dataset.ids[:limit] if limit else dataset.ids

@@ -47,7 +47,7 @@ import numpy as np
 from tag2mask.config import Config
 from tag2mask.data.base import resize_labels, working_size
 from tag2mask.errors import ConfigError, DataError, Tag2MaskError
-from tag2mask.evaluate import ConfusionMatrix
+from tag2mask.metrics import ConfusionMatrix
 from tag2mask.io import file_stamp, read_json, write_json, write_label_png
 from tag2mask.segmenters.predictions import load_prediction, prediction_labels
 from tag2mask.stages.common import open_split, progress
@@ -255,7 +255,7 @@ def _alpha_sentence(values: list[float], split: str, n_images: int) -> str:
 
 def tuned_on_gt_lines(out_dir: str | Path) -> list[str]:
     """The GT-tuning lines of a refinement folder's ``refine.json`` (empty for a fixed alpha or CRF), ready for
-    :attr:`tag2mask.evaluate.Protocol.tuned_on_gt` when the refined PNGs are evaluated."""
+    :attr:`tag2mask.metrics.Protocol.tuned_on_gt` when the refined PNGs are evaluated."""
     path = Path(out_dir) / REFINE_JSON
     if not path.is_file():
         return []

@@ -70,7 +70,7 @@ def segment_image(config: Config, run_path: Path, image_path: Path, classes: str
     image = read_rgb(image_path)
     warning = clip_fit_warning(config, class_names, image=Path(image_path))
     device = runtime_device(config)
-    clip = load_clip(config.models.clip, device=device)
+    clip = load_clip(config.models.clip, device=device, arch=config.models.clip_arch)
     learner = build_prompt_learner(clip, config, "seg", class_names).to(device)
     learner.load_context(ctx)
     model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers)
@@ -152,7 +152,7 @@ def training_free_labels(
     if clip_model is None:
         from tag2mask.models.clip import load_clip
 
-        clip_model = load_clip(config.models.clip, device=device)
+        clip_model = load_clip(config.models.clip, device=device, arch=config.models.clip_arch)
     e = config.clip_es
     work = fit_image(image, config.cams.max_side)  # a large photo goes through CLIP at its working size
     arrays = clip_es_cams(clip_model, work, names, list(config.data.bg_names), templates=e.templates,

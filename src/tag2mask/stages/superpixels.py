@@ -11,7 +11,7 @@ then works at that size and enlarges the seed to the image's.
 
 With ``import_dir`` (``tag2mask superpixels --import DIR``) no SAM runs: each image's SAM-style annotations made
 by another tool (``DIR/<id>.json``, or the ``DIR/<id>/`` PNG folder of segment_anything's ``scripts/amg.py``; format
-in :mod:`tag2mask.superpixels.io`) are converted into the same cache layout, in a folder whose hash covers the
+in :mod:`tag2mask.superpixels.annotations`) are converted into the same cache layout, in a folder whose hash covers the
 dataset, the split and the import folder instead of the SAM model and generator settings. Annotations without a
 ``level`` are taken as level 2 (whole). An image without annotations is a DataError naming the expected file, or,
 with ``data.on_error=skip``, counted, logged and skipped; a mask whose size differs from its image's is always a
@@ -23,7 +23,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tag2mask.config import RESULT_NEUTRAL_KEYS, Config, config_hash
+from tag2mask.config import Config
+from tag2mask.hashing import config_hash
+from tag2mask.stages.graph import RESULT_NEUTRAL_KEYS
 from tag2mask.data.base import capped_size, fit_image
 from tag2mask.errors import DataError, NotBuiltError
 from tag2mask.io import file_stamp, write_json
@@ -105,6 +107,12 @@ def superpixels_dir(config: Config, split: str, import_dir: str | Path | None = 
     return cache_dir(config) / "superpixels" / f"{config.data.dataset}-{split}-{key}"
 
 
+def superpixels_stage(config: Config, split: str) -> str:
+    """The run's stage name for the quasi-superpixels of ``split``: ``"superpixels"`` for the training split (the
+    pipeline's stage), ``"superpixels_<split>"`` for another one."""
+    return "superpixels" if split == config.data.train_split else f"superpixels_{split}"
+
+
 def superpixel_path(folder: Path, image_id: str) -> Path:
     """The path stem of one image's superpixels (ids may contain ``/`` for datasets with subfolders)."""
     return folder / image_id
@@ -152,7 +160,7 @@ def run_superpixels(
     """Compute the missing quasi-superpixels of ``split`` (this worker's share) and return where they are.
 
     With ``import_dir`` (or the config's ``superpixels.import_dir``), convert the SAM-style annotations found there
-    instead of running SAM (see the module docstring and :mod:`tag2mask.superpixels.io`).
+    instead of running SAM (see the module docstring and :mod:`tag2mask.superpixels.annotations`).
 
     Computing locks the cache folder (:mod:`tag2mask.lock`; ``shared`` between ``--shard`` workers), so two
     commands never write one folder; reading a complete folder takes no lock.
@@ -210,7 +218,7 @@ def run_superpixels(
 
 def annotation_stamp(source: Path, image_id: str) -> list:
     """The stamp of one image's imported annotations: its JSON file, or every file of its amg.py folder."""
-    from tag2mask.superpixels.io import find_sam_annotations
+    from tag2mask.superpixels.annotations import find_sam_annotations
 
     path = find_sam_annotations(source, image_id)
     if path is None or path.is_file():
@@ -252,7 +260,7 @@ def _import_all(
 ) -> tuple[list[str], int]:
     """Convert the annotations of ``todo`` from ``source`` into ``folder``; returns (imported ids, skipped)."""
     from tag2mask.data.base import image_size
-    from tag2mask.superpixels.io import (
+    from tag2mask.superpixels.annotations import (
         annotations_have_levels,
         find_sam_annotations,
         read_sam_annotations,

@@ -19,7 +19,7 @@ from tag2mask.stages.common import (
     open_split,
     runtime_device,
 )
-from tag2mask.train.loop import TrainResult, train_prompts
+from tag2mask.prompt_training.loop import TrainResult, train_prompts
 
 
 def check_batch_sizes(config: Config, n_images: int, tasks: tuple[str, ...] = ("cls", "seg")) -> None:
@@ -35,10 +35,10 @@ def check_batch_sizes(config: Config, n_images: int, tasks: tuple[str, ...] = ("
 
 
 def train_stage_hash(config: Config, task: str, seeds_dir: Path | None = None, run_path: Path | None = None) -> str:
-    """The hash of ``task``'s prompt training: its settings (:func:`tag2mask.config.stage_hashes`) and the data it
+    """The hash of ``task``'s prompt training: its settings (:func:`tag2mask.stages.graph.stage_hashes`) and the data it
     reads (:func:`tag2mask.stages.inputs.data_fingerprint`): every image and its tags, and for the seg task the seed
     PNGs of ``seeds_dir`` (default: the run's coarse seeds). A changed image, tag or seed trains again."""
-    from tag2mask.config import stage_hashes
+    from tag2mask.stages.graph import stage_hashes
     from tag2mask.stages.inputs import data_fingerprint, with_data
 
     dataset = open_split(config, config.data.train_split)
@@ -76,7 +76,7 @@ def run_train(
     rank, world = join_process_group(config)
     dataset = open_split(config, config.data.train_split)
     check_batch_sizes(config, len(dataset), (task,))
-    clip = load_clip(config.models.clip, device=device)
+    clip = load_clip(config.models.clip, device=device, arch=config.models.clip_arch)
     learner = build_prompt_learner(clip, config, task, dataset.class_names).to(device)
     model = GradCAMClip(clip, learner, softmax=config.cams.softmax, att_layers=config.cams.att_layers)
     seeds_dir = _seeds_used(config, task, seeds_dir, run_path)

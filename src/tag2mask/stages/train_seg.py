@@ -25,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tag2mask.config import Config, config_hash
+from tag2mask.config import Config
+from tag2mask.hashing import config_hash
 from tag2mask.errors import ConfigError, DataError, Tag2MaskError
 from tag2mask.io import read_json, write_json, write_text
 from tag2mask.segmenters.base import Segmenter
 from tag2mask.segmenters.recipes import SegmenterRecipe, backbone_weight_name, load_recipe, total_iterations
-from tag2mask.stages.common import begin_shared_stage, end_shared_stage, join_process_group, log, open_split, runtime_device
+from tag2mask.stages.common import join_process_group, log, open_split, runtime_device
+from tag2mask.stages.lifecycle import begin_shared_stage, end_shared_stage
 from tag2mask.stages.inputs import data_fingerprint, with_data
 from tag2mask.stages.rundir import RunDir
 
@@ -107,7 +109,7 @@ def make_validator(config: Config, recipe: SegmenterRecipe, split: str, device: 
     import numpy as np
     import torch
 
-    from tag2mask.evaluate import ConfusionMatrix
+    from tag2mask.metrics import ConfusionMatrix
     from tag2mask.segmenters.inference import predict_probabilities
     from tag2mask.stages.rundir import shard
 

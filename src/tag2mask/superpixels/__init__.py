@@ -1,5 +1,5 @@
 """SAM quasi-superpixels (SPEC §7): the generator, the hierarchy filter, the per-image container, and the import
-of SAM-style annotations made by other tools (:mod:`tag2mask.superpixels.io`).
+of SAM-style annotations made by other tools (:mod:`tag2mask.superpixels.annotations`).
 
 Names are re-exported lazily, so ``tag2mask.superpixels.presets`` (read by the config layer) imports no torch.
 """
@@ -20,9 +20,9 @@ _EXPORTS = {
     "PARAM_NAMES": "presets",
     "PRESETS": "presets",
     "resolve_params": "presets",
-    "find_sam_annotations": "io",
-    "read_sam_annotations": "io",
-    "superpixels_from_sam_annotations": "io",
+    "find_sam_annotations": "annotations",
+    "read_sam_annotations": "annotations",
+    "superpixels_from_sam_annotations": "annotations",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -59,7 +59,7 @@ def encode_masks(masks: np.ndarray) -> list[str]:
 
 def check_rle_strings(counts: list[str], size: tuple[int, int]) -> None:
     """ValueError unless every compressed RLE string is valid and covers exactly H·W pixels."""
-    from .io import rle_string_to_counts
+    from .annotations import rle_string_to_counts
 
     h, w = size
     for c in counts:

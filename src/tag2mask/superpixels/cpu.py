@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from tag2mask.config import config_hash
+from tag2mask.hashing import config_hash
 
 from .container import Superpixels
 from .hierarchy import hierarchy_filter
@@ -117,7 +117,7 @@ class CpuSuperpixelGenerator:
 
     @property
     def config_hash(self) -> str:
-        """A stable hash of the resolved parameters (tag2mask.config.config_hash)."""
+        """A stable hash of the resolved parameters (tag2mask.hashing.config_hash)."""
         return config_hash(self.params)
 
     def segment(self, image: np.ndarray) -> list[np.ndarray]:

@@ -44,7 +44,7 @@ from segment_anything.utils.amg import (
 )
 from torchvision.ops.boxes import batched_nms
 
-from tag2mask.config import config_hash
+from tag2mask.hashing import config_hash
 
 from .container import Superpixels
 from .hierarchy import hierarchy_filter
@@ -85,7 +85,7 @@ class QuasiSuperpixelGenerator(SamAutomaticMaskGenerator):
 
     @property
     def config_hash(self) -> str:
-        """A stable hash of the resolved parameters (tag2mask.config.config_hash)."""
+        """A stable hash of the resolved parameters (tag2mask.hashing.config_hash)."""
         return config_hash(self.params)
 
     # ---------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ The training loop and the learning-rate schedule (SPEC §5) live beside this pac
 
 from __future__ import annotations
 
-from tag2mask.train.losses import (
+from tag2mask.prompt_training.losses import (
     IGNORE_INDEX,
     ScaledBCE,
     ScaledSigmoidPixelCE,

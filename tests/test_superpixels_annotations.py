@@ -1,4 +1,4 @@
-"""Import of SAM-style annotations made by other tools (tag2mask.superpixels.io): RLE flavours, levels, fields,
+"""Import of SAM-style annotations made by other tools (tag2mask.superpixels.annotations): RLE flavours, levels, fields,
 validation, the amg.py PNG folder."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from segment_anything.utils.amg import coco_encode_rle, mask_to_rle_pytorch
 
 from tag2mask.errors import DataError
 from tag2mask.superpixels import Superpixels, find_sam_annotations, read_sam_annotations
-from tag2mask.superpixels.io import counts_to_mask, rle_string_to_counts, superpixels_from_sam_annotations
+from tag2mask.superpixels.annotations import counts_to_mask, rle_string_to_counts, superpixels_from_sam_annotations
 
 H, W = 23, 31
 

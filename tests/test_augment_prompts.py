@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from tag2mask.data.augment import (
-    CLIP_MEAN,
-    CLIP_STD,
+from tag2mask.cam.image import CLIP_MEAN, CLIP_STD, clip_normalise
+from tag2mask.prompt_training.augment import (
     augment,
-    clip_normalise,
     jitter_brightness,
     jitter_contrast,
     jitter_hue,

@@ -27,10 +27,11 @@ import torch.distributed as dist
 from torch import nn
 
 from tag2mask.config import TrainTaskConfig
-from tag2mask.data.augment import augment, clip_normalise, online_labels
+from tag2mask.cam.image import clip_normalise
+from tag2mask.prompt_training.augment import augment, online_labels
 from tag2mask.errors import ConfigError, Tag2MaskError
 from tag2mask import amp, resume
-from tag2mask.train.losses import (
+from tag2mask.prompt_training.losses import (
     IGNORE_INDEX,
     ScaledBCE,
     ScaledSigmoidPixelCE,
@@ -39,24 +40,13 @@ from tag2mask.train.losses import (
     multilabel_contrastive_loss,
     sigmoid_pixel_ce_loss,
 )
-from tag2mask.train.schedule import learning_rate
+from tag2mask.prompt_training.schedule import learning_rate
 from tag2mask.io import read_label_png
 
 PIXEL_LOSSES = ("cal", "ce", "ce_manual", "ce_auto")
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
-
-
-def iteration_indices(t: int, n_images: int, batch_size: int, seed: int) -> np.ndarray:
-    """The dataset indices of iteration ``t``'s global batch (per-epoch permutation, last partial batch dropped)."""
-    per_epoch = n_images // batch_size
-    if per_epoch == 0:
-        raise ConfigError(f"batch size {batch_size} is larger than the training split ({n_images} images): lower "
-                          "train.cls.batch_size / train.seg.batch_size")
-    epoch, j = divmod(t, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n_images)
-    return perm[j * batch_size : (j + 1) * batch_size]
 
 
 class PromptTrainData(torch.utils.data.Dataset):
@@ -258,7 +248,7 @@ def train_prompts(
 
     def batches():
         for t in range(start, stop):
-            idx = iteration_indices(t, len(dataset), cfg.batch_size, cfg.seed)
+            idx = resume.iteration_indices(t, len(dataset), cfg.batch_size, cfg.seed)
             for j in range(cfg.sub_iter):
                 lo = j * micro + rank * per_rank
                 yield [(int(idx[k]), t, k) for k in range(lo, lo + per_rank)]

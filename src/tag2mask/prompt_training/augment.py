@@ -1,4 +1,4 @@
-"""Training augmentation of the prompt learners (SPEC §5.3), online labels (SPEC §5.2) and CLIP normalisation.
+"""Training augmentation of the prompt learners (SPEC §5.3) and online labels (SPEC §5.2).
 
 :func:`augment` applies, in order:
 
@@ -38,14 +38,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 __all__ = [
-    "CLIP_MEAN",
-    "CLIP_STD",
     "augment",
-    "clip_normalise",
     "jitter_brightness",
     "jitter_contrast",
     "jitter_hue",
@@ -57,10 +53,6 @@ __all__ = [
     "random_range_scale",
     "range_scale_ratio",
 ]
-
-#: CLIP's per-channel RGB mean and std on [0, 1] images (SPEC §1.2, §5.3 step 5).
-CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 IGNORE_INDEX = 255
 
@@ -281,19 +273,3 @@ def online_labels(label_crop: np.ndarray, num_classes: int) -> np.ndarray:
         fg = ids[(ids >= 1) & (ids <= num_classes)]
         out[n, fg - 1] = 1
     return out if lb.ndim == 3 else out[0]
-
-
-def clip_normalise(images: np.ndarray) -> torch.Tensor:
-    """CLIP input tensor from uint8 RGB: ``H×W×3`` → float32 ``3×H×W``, ``N×H×W×3`` → ``N×3×H×W``.
-
-    ``(v/255 − mean) / std`` with CLIP's mean / std (SPEC §5.3 step 5), the same float32 operations as
-    torchvision's ``ToTensor`` + ``Normalize``.
-    """
-    arr = np.asarray(images)
-    if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
-        raise ValueError(f"images must be uint8 H×W×3 or N×H×W×3, got {arr.dtype} {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32).div(255)
-    t = t.movedim(-1, -3).contiguous()
-    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32)[:, None, None]
-    std = torch.tensor(CLIP_STD, dtype=torch.float32)[:, None, None]
-    return (t - mean) / std

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tag2mask.evaluate import (
+from tag2mask.metrics import (
     ConfusionMatrix,
     Protocol,
     confusion_matrix,
@@ -21,9 +21,9 @@ from tag2mask.evaluate import (
     iou_per_class,
     miou,
     report_markdown,
-    sweep_bg_power,
 )
-from tag2mask.seeding.sams import argmax_seed
+from tag2mask.stages.evaluate import sweep_bg_power
+from tag2mask.seeding import argmax_seed
 
 DATA = Path(__file__).parent / "data"
 

@@ -22,15 +22,13 @@ Reporting (SPEC §9, §13 items 7–9):
   a clean one.
 * :func:`evaluation_report` → a JSON-able dict (protocol, mIoU, pixel accuracy, per-class rows, confusion matrix);
   :func:`report_markdown` renders it as Markdown.
-* :func:`sweep_bg_power` evaluates argmax seeds for several background exponents against ground truth. Choosing
-  the best of them is tuning on ground truth: the caller must record it in ``Protocol.tuned_on_gt``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -43,7 +41,6 @@ __all__ = [
     "iou_per_class",
     "miou",
     "report_markdown",
-    "sweep_bg_power",
 ]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
@@ -320,38 +317,3 @@ def report_markdown(report: dict[str, Any]) -> str:
         lines += ["", "Notes:", ""]
         lines.extend(f"- {note}" for note in notes)
     return "\n".join(lines).rstrip() + "\n"
-
-
-def sweep_bg_power(
-    cams_iter: Iterable[tuple[Any, Any, tuple[int, int]]],
-    gts_iter: Iterable[ArrayLike],
-    powers: Sequence[float],
-    num_classes: int,
-    ignore_index: int = 255,
-    normalise: bool = True,
-) -> dict[float, float]:
-    """mIoU of plain argmax seeds for each background exponent (SPEC §9 CAM evaluation; §13 items 7–8).
-    ``normalise=False``: the maps are scores already (CLIP-ES's float16 maps at the image size).
-
-    ``cams_iter`` yields ``(cam P×h×w, fg_cls, (H, W))`` and ``gts_iter`` the matching ``H×W`` ground truths (same
-    order and length); both are consumed once, every power is evaluated per image
-    (:func:`tag2mask.seeding.sams.argmax_seed`). Returns ``{power: mIoU}`` in the order of ``powers``.
-
-    Picking the best power from this result is **tuning on ground truth**: record it in
-    :attr:`Protocol.tuned_on_gt`, e.g. ``"bg_power chosen among 1,2 by GT mIoU on train"``. No file IO.
-    """
-    from tag2mask.seeding.sams import argmax_seed  # lazy: evaluation itself does not need the seeding code
-
-    ps = [float(p) for p in powers]
-    if not ps:
-        raise ValueError("powers is empty")
-    if len(set(ps)) != len(ps):
-        raise ValueError(f"powers has duplicates: {ps}")
-    cms = {p: ConfusionMatrix(num_classes, ignore_index) for p in ps}
-    for (cam, fg_cls, size), gt in zip(cams_iter, gts_iter, strict=True):
-        gt_arr = gt.detach().cpu().numpy() if isinstance(gt, torch.Tensor) else np.asarray(gt)
-        if tuple(gt_arr.shape) != tuple(size):
-            raise ValueError(f"ground truth is {gt_arr.shape} but the seed size is {tuple(size)}")
-        for p in ps:
-            cms[p].update(argmax_seed(cam, fg_cls, size, p, normalise=normalise), gt_arr)
-    return {p: cms[p].miou() for p in ps}
