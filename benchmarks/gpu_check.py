@@ -13,6 +13,10 @@ What it runs (random weights everywhere; full sizes unless ``--tiny``):
 * ``sams``        SAMS seeding on the device: 500×375, 3 classes, 60 quasi-superpixels.
 * ``superpixels`` the quasi-superpixel generator with a random SAM ViT-H at the ``voc`` pattern, and stock
                   ``SamAutomaticMaskGenerator`` on the same grid (s/image each; ratio).
+* ``superpixel_sources`` the transformers mask sources (``superpixels.source``: SAM ViT-H through ``SamModel``,
+                  SAM-HQ ViT-H, SAM 2.1 Hiera-L, EdgeTAM) through ``HFSamPredictor`` and the generator at the
+                  ``voc`` pattern, random weights (s/image each); first, transformers' SAM against segment_anything's
+                  on the same weights and 64 prompts (IoU difference, share of mask pixels that differ).
 * ``stage2``      one stage-II iteration at App. G's batch sizes with AMP: DeepLabV3+ ResNet-101 at 16, Mask2Former
                   Swin-B at 4, 512×512 crops.
 * ``nccl``        a one-rank process group (NCCL on CUDA, Gloo on the CPU) and an all-reduce.
@@ -42,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 # the order they run in: quick ones first, the SAM ViT-H generator last
-CHECKS = ("nccl", "sams", "cams", "clip_es", "prompt", "pipeline", "stage2", "superpixels")
+CHECKS = ("nccl", "sams", "cams", "clip_es", "prompt", "pipeline", "stage2", "superpixels", "superpixel_sources")
 
 
 @dataclass
@@ -274,6 +278,64 @@ def check_superpixels(report: Report, tiny: bool) -> None:
     report.annotate(f"baseline (ours: {report.rows[-2][1]}); {len(masks)} masks, one level, no hierarchy filter")
 
 
+def check_superpixel_sources(report: Report, tiny: bool) -> None:
+    from segment_anything import SamPredictor, sam_model_registry
+
+    from tag2mask.config import load_config
+    from tag2mask.models.sam_hf import MASK_SOURCES, HFSamPredictor
+    from tag2mask.models.sam_hf_build import random_hf_sam, sam_to_hf
+    from tag2mask.stages.superpixels import generator_params
+    from tag2mask.superpixels import QuasiSuperpixelGenerator
+
+    device = report.device
+    cuda = device.startswith("cuda")
+    if tiny:
+        from tag2mask.models.tiny import tiny_sam
+
+        sam = tiny_sam(seed=0)
+        params = {**generator_params(load_config("demo", ["superpixels.source=sam"])), "points_per_side": 4,
+                  "crop_n_layers": 0, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+        h, w, grid = 48, 64, "demo grid (4×4 points, no crops)"
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            sam = sam_model_registry["vit_h"](checkpoint=None)
+        params = generator_params(load_config("voc"))
+        h, w, grid = 375, 500, "voc pattern"
+    sam = sam.to(device).eval()
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    # the adapter's proof on the device: transformers' SamModel holding segment_anything's weights gives its masks
+    ref, ours = SamPredictor(sam), HFSamPredictor(sam_to_hf(sam))
+    xy = (np.stack(np.meshgrid(np.linspace(0.05, 0.95, 8), np.linspace(0.05, 0.95, 8)), -1).reshape(-1, 2) * [w, h])
+    coords = torch.as_tensor(ref.transform.apply_coords(xy, (h, w)), device=device)[:, None, :]
+    labels = torch.ones(len(coords), 1, dtype=torch.int, device=device)
+    with torch.no_grad():
+        ref.set_image(image)
+        ours.set_image(image)
+        m_ref, iou_ref, _ = ref.predict_torch(coords, labels, multimask_output=True, return_logits=True)
+        m_ours, iou_ours, _ = ours.predict_torch(coords, labels, multimask_output=True, return_logits=True)
+    d_iou = float((iou_ref - iou_ours).abs().max())
+    differ = float(((m_ref > 0) != (m_ours > 0)).float().mean())
+    report.add((f"transformers SAM vs segment_anything SAM, same weights, {len(coords)} prompts, {w}×{h}", "-", "-",
+                f"IoU |Δ| max {d_iou:.1e}; masks differ at {differ:.1e} of pixels"))
+    report.need(d_iou < 1e-3 and differ < 1e-4, f"superpixel_sources: transformers SAM differs from segment_anything "
+                f"(IoU {d_iou:.1e}, pixels {differ:.1e})")
+    del ref, sam, m_ref, m_ours
+    names = {"sam": "SAM ViT-H (SamModel)", "sam-hq": "SAM-HQ ViT-H", "sam2": "SAM 2.1 Hiera-L",
+             "edgetam": "EdgeTAM (RepViT-M1)"}
+    for source in MASK_SOURCES:
+        predictor = ours if source == "sam" else HFSamPredictor(random_hf_sam(source, tiny=tiny).to(device))
+        generator = QuasiSuperpixelGenerator(predictor, "l2_nmsf_s1_rsw3", **params)
+        name = names[source] if not tiny else f"tiny {source}"
+        sp = report.timed(f"quasi-superpixels, mask source {source}: {name}, {w}×{h}, {grid}",
+                          lambda g=generator: g.generate(image), repeats=1,
+                          note="transformers, random weights: the preset's thresholds keep few masks")
+        report.need(sp.size == (h, w), f"superpixel_sources: {source} gave the wrong size")
+        del predictor, generator
+        if cuda:
+            torch.cuda.empty_cache()
+
+
 def check_stage2(report: Report, tiny: bool) -> None:
     for net in ("deeplabv3plus", "mask2former"):
         _stage2_step(report, net, tiny)  # one network at a time: its memory goes when the call returns
@@ -365,7 +427,8 @@ def main() -> int:
     report = Report(args.device)
     t0 = time.perf_counter()
     checks = {"prompt": check_prompt, "cams": check_cams, "sams": check_sams, "superpixels": check_superpixels,
-              "stage2": check_stage2, "nccl": check_nccl, "pipeline": check_pipeline, "clip_es": check_clip_es}
+              "stage2": check_stage2, "nccl": check_nccl, "pipeline": check_pipeline, "clip_es": check_clip_es,
+              "superpixel_sources": check_superpixel_sources}
     for name in args.only or CHECKS:
         t_check = time.perf_counter()
         try:

@@ -20,8 +20,18 @@ Prints the machine and the date.
 ``--upstream-helpers`` also times ours with upstream's ``mask_to_rle_pytorch`` and ``MaskData.cat`` in place of
 the generator's linear-time versions (the cost they remove).
 
+``--sources sam,sam-hq,sam2,edgetam`` instead times each mask source (README "Mask sources") at full size with random
+weights on the CPU, against segment_anything's own SAM (``--baseline vit_h``, the paper's model, or ``vit_b``), on
+one random 500×375 image and the same grid for all (``--src-points 8``, no crop: 64 prompts, one batch): the
+image embedding (``set_image``), the prompt encoder + mask decoder + enlargement to the image size per prompt
+(``predict_torch``), the whole ``generate`` (thresholds of the ``voc`` pattern), and a projection to the ``voc``
+pattern (5 embeddings: the image and 4 crops; 2048 prompts; post-processing not counted). ``sam`` is transformers'
+``SamModel`` holding the baseline's very weights (``sam_to_hf``). Every model is built at random (nothing is
+downloaded); ``--threads`` sets torch's threads (default 1).
+
 Usage: ``python benchmarks/superpixels.py [--images 3 --img-h 192 --img-w 256 --points 16 --gen-repeats 2]
-[--upstream-helpers] [--h 768 --w 1024 --masks 300 --repeats 5]``
+[--upstream-helpers] [--h 768 --w 1024 --masks 300 --repeats 5]``;
+``python benchmarks/superpixels.py --sources sam,sam-hq,sam2,edgetam [--baseline vit_h] [--src-points 8] [--threads 2]``
 """
 
 from __future__ import annotations
@@ -128,12 +138,22 @@ def main() -> None:
     parser.add_argument("--no-generators", action="store_true", help="only the hierarchy-filter benchmark")
     parser.add_argument("--upstream-helpers", action="store_true",
                         help="generator: also time ours with upstream's quadratic RLE encoder and MaskData.cat")
+    parser.add_argument("--sources", help="instead: time these mask sources at full size (comma-separated: sam, "
+                        "sam-hq, sam2, edgetam) against segment_anything's SAM")
+    parser.add_argument("--baseline", default="vit_h", choices=("vit_h", "vit_b"),
+                        help="--sources: segment_anything's model to compare with (and the size of sam / sam-hq)")
+    parser.add_argument("--src-points", type=int, default=8, help="--sources: points per side (no crops)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     print(f"superpixels benchmark  {datetime.datetime.now().isoformat(timespec='seconds')}")
     print(f"machine: {cpu_name()} ({os.cpu_count()} logical CPUs), {platform.system()} {platform.release()}")
-    print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, 1 thread")
+    print(f"python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
+          f"{args.threads} thread(s)")
+    if args.sources:
+        bench_sources(args)
+        return
     if not args.no_generators:
         bench_generators(args)
     ok = True
@@ -200,6 +220,100 @@ def bench_generators(args: argparse.Namespace) -> None:
         print(f"  {name:<36}: {ms[name]:9.1f} ms per image (median of {len(times[name])}), masks kept {kept[name]}")
     ratio = ms["ours (QuasiSuperpixelGenerator)"] / ms["stock (SamAutomaticMaskGenerator)"]
     print(f"  {'ratio ours / stock':<36}: {ratio:9.2f}x  (goal <= 1.2)")
+
+
+class TimedPredictor:
+    """A predictor that times its ``set_image`` and ``predict_torch`` calls (everything else passes through)."""
+
+    def __init__(self, predictor: object) -> None:
+        self.predictor = predictor
+        self.embed: list[float] = []
+        self.decode: list[float] = []
+        self.prompts = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.predictor, name)
+
+    def set_image(self, image: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        self.predictor.set_image(image)  # type: ignore[attr-defined]
+        self.embed.append(time.perf_counter() - t0)
+
+    def predict_torch(self, coords: torch.Tensor, labels: torch.Tensor, **kwargs: object) -> object:
+        t0 = time.perf_counter()
+        out = self.predictor.predict_torch(coords, labels, **kwargs)  # type: ignore[attr-defined]
+        self.decode.append(time.perf_counter() - t0)
+        self.prompts += len(coords)
+        return out
+
+
+VOC_EMBEDDINGS, VOC_PROMPTS = 5, 32**2 + 4 * 16**2  # the voc pattern: the image + 4 crops; 32² + 4·16² points
+
+
+def bench_sources(args: argparse.Namespace) -> None:
+    """Each mask source at full size with random weights, on the same grid (see the module docstring)."""
+    import gc
+
+    from segment_anything import SamPredictor, sam_model_registry
+
+    from tag2mask.config import load_config
+    from tag2mask.models.sam_hf import MASK_SOURCES, HFSamPredictor
+    from tag2mask.models.sam_hf_build import random_hf_sam, sam_to_hf
+    from tag2mask.stages.superpixels import generator_params
+    from tag2mask.superpixels import QuasiSuperpixelGenerator
+
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()]
+    unknown = sorted(set(sources) - set(MASK_SOURCES))
+    if unknown:
+        raise SystemExit(f"unknown mask source(s) {unknown}; choose from {', '.join(MASK_SOURCES)}")
+    image = np.random.default_rng(args.seed).integers(0, 256, (375, 500, 3), dtype=np.uint8)
+    params = {**generator_params(load_config("voc")), "points_per_side": args.src_points, "crop_n_layers": 0}
+    print(f"\n[mask sources] one random 500x375 image, {args.src_points}x{args.src_points} points, no crops "
+          f"({args.src_points ** 2} prompts, batches of {params['points_per_batch']}), the voc pattern's thresholds; "
+          f"random full-size weights; projection to the voc pattern: {VOC_EMBEDDINGS} x embedding + {VOC_PROMPTS} x "
+          f"per-prompt decoding (post-processing not counted)")
+    rows: list[tuple[str, str, float, float, float, float]] = []
+
+    def run(source: str, what: str, predictor: object) -> None:
+        timed = TimedPredictor(predictor)
+        generator = QuasiSuperpixelGenerator(timed, "l2_nmsf_s1_rsw3", **params)
+        with torch.no_grad():  # no warm-up: one embedding takes seconds to minutes, first-call costs are noise
+            t0 = time.perf_counter()
+            sp = generator.generate(image)
+            total = time.perf_counter() - t0
+        embed, per_prompt = statistics.median(timed.embed), sum(timed.decode) / max(timed.prompts, 1)
+        projected = VOC_EMBEDDINGS * embed + VOC_PROMPTS * per_prompt
+        rows.append((source, what, embed, per_prompt, total, projected))
+        print(f"  {source:<9} {what:<44} embedding {embed:7.2f} s, decoding {1e3 * per_prompt:7.1f} ms/prompt, "
+              f"generate {total:7.2f} s ({len(sp)} kept), projected voc pattern {projected:8.1f} s", flush=True)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        sam = sam_model_registry[args.baseline](checkpoint=None).eval()
+    size = {"vit_h": "ViT-H", "vit_b": "ViT-B"}[args.baseline]
+    run("baseline", f"segment_anything SAM {size} (SamPredictor)", SamPredictor(sam))
+    if "sam" in sources:
+        run("sam", f"transformers SamModel {size}, same weights", HFSamPredictor(sam_to_hf(sam)))
+    del sam
+    gc.collect()
+    names = {"sam-hq": "SamHQModel ViT-H", "sam2": "Sam2Model, SAM 2.1 Hiera-L", "edgetam": "EdgeTamModel (RepViT-M1)"}
+    for source in sources:
+        if source == "sam":
+            continue
+        model = random_hf_sam(source, torch_init=False)
+        what = names[source]
+        if source == "sam-hq" and args.baseline == "vit_b":
+            what += " (vs the ViT-B baseline)"
+        run(source, f"transformers {what}", HFSamPredictor(model))
+        del model
+        gc.collect()
+    base = rows[0][5]
+    print(f"\n| source | model | embedding (s) | decoding (ms/prompt) | generate, {args.src_points}x{args.src_points} "
+          f"grid (s) | projected voc pattern (s/image) | relative to segment_anything SAM {size} |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for source, what, embed, per_prompt, total, projected in rows:
+        print(f"| {source} | {what} | {embed:.1f} | {1e3 * per_prompt:.0f} | {total:.1f} | {projected:.0f} | "
+              f"{projected / base:.2f} |")
 
 
 def with_upstream_helpers(generator: object, image: np.ndarray) -> object:

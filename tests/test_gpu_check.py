@@ -18,7 +18,8 @@ def test_the_tiny_cpu_device_check_passes(tmp_path: Path) -> None:
     assert "all checks passed" in out and "| what | time | peak GPU memory | note |" in out
     for row in ("prompt step cls", "prompt step seg", "bfloat16", "vs float32: gradient cosine", "CAM inference",
                 "SAMS seed", "quasi-superpixels", "stock SamAutomaticMaskGenerator", "stage II deeplabv3plus",
-                "stage II mask2former", "one-rank gloo process group", "demo pipeline", "seed mIoU fine 83.3", "training-free CLIP-ES"):
+                "stage II mask2former", "one-rank gloo process group", "demo pipeline", "seed mIoU fine 83.3", "training-free CLIP-ES",
+                "transformers SAM vs segment_anything SAM", "mask source sam2", "mask source edgetam"):
         assert row in out, row
 
 

@@ -75,7 +75,10 @@ class ModelsConfig:
 class SuperpixelsConfig:
     """SAM quasi-superpixel generator, pattern ``l2_nmsf_s1_rsw3`` (SPEC §7.2)."""
 
-    source: Literal["sam", "slic", "felzenszwalb"] = "sam"
+    # sam: segment_anything's SAM (models.sam a .pth file or name), or transformers' SamModel (models.sam a transformers
+    # folder or Hugging Face repository id); sam-hq, sam2 (SAM 2.1), edgetam: transformers (models.sam their folder or
+    # repository, default the official one); slic, felzenszwalb: CPU methods without SAM (README "Mask sources")
+    source: Literal["sam", "sam-hq", "sam2", "edgetam", "slic", "felzenszwalb"] = "sam"
     import_dir: str = ""  # a folder of SAM-style annotations made elsewhere, used instead of any source
     preset: str = "l2_nmsf_s1_rsw3"
     points_per_side: int = 32

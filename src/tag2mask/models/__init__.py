@@ -4,6 +4,8 @@
 - :mod:`tag2mask.models.clip` — :func:`load_clip`, :func:`clip_tokenizer`;
 - :mod:`tag2mask.models.clip_sources` — Hugging Face ``CLIPModel`` and OpenCLIP checkpoints into the same model;
 - :mod:`tag2mask.models.sam` — :func:`load_sam`, :func:`sam_predictor`;
+- :mod:`tag2mask.models.sam_hf` — SAM, SAM-HQ, SAM 2.1 and EdgeTAM through transformers behind segment_anything's
+  predictor interface: :class:`HFSamPredictor`, :func:`load_hf_sam`, :func:`hf_sam_predictor`;
 - :mod:`tag2mask.models.tiny` — tiny random CLIP/SAM and writers of the official checkpoint layouts;
 - :mod:`tag2mask.models.prompts` — the CoOp :class:`PromptLearner` and the text encoder over embedded prompts;
 - :mod:`tag2mask.models.clip_cam` — the CAM-ready forward of the CLIP vision transformer.
@@ -24,6 +26,9 @@ _EXPORTS = {
     "clip_tokenizer": "clip",
     "load_sam": "sam",
     "sam_predictor": "sam",
+    "HFSamPredictor": "sam_hf",
+    "load_hf_sam": "sam_hf",
+    "hf_sam_predictor": "sam_hf",
     "tiny_clip": "tiny",
     "tiny_sam": "tiny",
     "save_openai_state_dict": "tiny",

@@ -409,3 +409,91 @@ def find_weights() -> list[tuple[str, str, Path | None]]:
         p = folder / w.filename
         rows.append((w.name, w.filename, p if p.is_file() else library_cache_file(w)))
     return rows
+
+
+def hf_model_file(folder: Path) -> Path | None:
+    """The weight file of a transformers model folder (``model.safetensors``, else ``pytorch_model.bin``), or None
+    when the folder lacks ``config.json`` or both weight files."""
+    return first_file(folder, HF_MODEL_FILES) if (folder / "config.json").is_file() else None
+
+
+def is_hf_reference(value: str | os.PathLike[str]) -> bool:
+    """True when ``value`` names a transformers model rather than one weight file: an existing folder, the
+    ``config.json`` of one, a weight file with a ``config.json`` beside it, or a hub repository name ``org/name``
+    that is not an existing file."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return True
+    if path.is_file():
+        return path.name == "config.json" or (path.suffix in (".safetensors", ".bin") and (path.parent / "config.json").is_file())
+    return is_hub_repo_name(os.fspath(value))
+
+
+def resolve_hf_folder(name_or_path: str | os.PathLike[str], *, what: str, default_repo: str) -> Path:
+    """The folder of a transformers model: ``config.json`` plus ``model.safetensors`` (or ``pytorch_model.bin``).
+
+    ``name_or_path`` is a folder (or a file inside one), or a hub repository name ``org/name`` looked for in the
+    weights folder (:func:`hub_repo_folder`) and then the Hugging Face hub cache (:func:`hub_snapshots`), as CLIP
+    repositories are (:func:`resolve_clip`); ``""`` and ``"default"`` mean ``default_repo``. Nothing is ever
+    downloaded. ``what`` names the model in messages (e.g. ``"SAM 2.1"``).
+
+    Raises:
+        MissingWeightsError: no complete folder. The message names the repository, the places searched, the
+            command that fetches it and where it goes.
+    """
+    value = os.fspath(name_or_path).strip()
+    repo = default_repo if value in ("", "default") else value
+    path = Path(repo).expanduser()
+    named = repo if is_hub_repo_name(repo) else default_repo
+    fetch = (f"tag2mask never downloads; fetch the transformers files of the Hugging Face repository {named} on a "
+             f"machine with internet, e.g.:\n{hub_download_hint(named, ('config.json', HF_MODEL_FILES[0]))}\n"
+             f"or pass the path of a folder that holds them (models.sam=/path/to/folder).")
+    folder = path.parent if path.is_file() else path
+    if folder.is_dir():
+        if hf_model_file(folder) is not None:
+            return folder
+        single = f"{path} is a single checkpoint file" if path.is_file() else f"folder {folder} lacks them"
+        raise MissingWeightsError(
+            f"{what} weights: {single}; {what} loads a transformers model folder (config.json and "
+            f"{' or '.join(HF_MODEL_FILES)}, the files of the model's Hugging Face repository). {fetch}")
+    if not is_hub_repo_name(repo):
+        raise MissingWeightsError(
+            f"{what} weights {repo!r} not found: it is neither an existing folder nor a Hugging Face repository name "
+            f"(org/name, e.g. {default_repo}). {fetch}\n{_KIND_ALTERNATIVE['sam']}")
+    for candidate in (hub_repo_folder(repo), *hub_snapshots(repo)):
+        if hf_model_file(candidate) is not None:
+            return candidate
+    cache = hf_hub_cache() / f"models--{repo.replace('/', '--')}"
+    raise MissingWeightsError(
+        f"{what} weights {repo!r} not found: no folder {hub_repo_folder(repo)} holding config.json and "
+        f"{HF_MODEL_FILES[0]} (the weights folder: ${ENV_VAR} if set, else {DEFAULT_WEIGHTS_DIR}, then the repository "
+        f"name), and no complete snapshot in the Hugging Face cache ({cache}). {fetch}\n{_KIND_ALTERNATIVE['sam']}"
+    )
+
+
+HF_MASK_SOURCES: dict[str, tuple[str, str]] = {
+    "sam": ("SAM (transformers)", "facebook/sam-vit-huge"),
+    "sam-hq": ("SAM-HQ", "syscv-community/sam-hq-vit-huge"),
+    "sam2": ("SAM 2.1", "facebook/sam2.1-hiera-large"),
+    "edgetam": ("EdgeTAM", "yonigozlan/EdgeTAM-hf"),
+}
+"""``superpixels.source`` values served by transformers (:mod:`tag2mask.models.sam_hf`): (name in messages, the
+official Hugging Face repository loaded by default)."""
+
+
+def mask_source_weights(source: str, sam: str) -> str | None:
+    """The transformers weights (a folder or a Hugging Face repository id) that ``superpixels.source=source`` loads
+    with ``models.sam=sam``, or None when none does: segment_anything's own SAM (``source="sam"`` with a weight file
+    or name, the default) or a CPU source.
+
+    For ``sam-hq``, ``sam2`` and ``edgetam``, ``""``, ``"default"`` and segment_anything's names (``vit_h``, the
+    presets' ``sam_vit_h_4b8939.pth``, ``tiny``) stand for the source's official repository (:data:`HF_MASK_SOURCES`);
+    for ``sam``, only a transformers folder or repository id (:func:`is_hf_reference`) selects transformers.
+    """
+    if source not in HF_MASK_SOURCES:
+        return None
+    if source == "sam":
+        return sam if sam not in ("", "default") and is_hf_reference(sam) else None
+    if sam in ("", "default", "tiny") or known_weight(Path(sam).name, "sam") is not None:
+        return HF_MASK_SOURCES[source][1]
+    return sam

@@ -194,7 +194,8 @@ def preflight(config: Config, *, limit: int | None = None) -> list[tuple[str, st
     and so does the SAM file when SAM has quasi-superpixels left to make. Returns the samples left out, with why.
     """
     from tag2mask.models.weights import resolve_clip, resolve_weight
-    from tag2mask.stages.superpixels import import_source, superpixel_path, superpixels_dir
+    from tag2mask.stages.superpixels import (CPU_SOURCES, hf_weights, import_source, superpixel_path,
+                                             superpixels_dir)
     from tag2mask.stages.train import check_batch_sizes
 
     dataset = open_split(config, config.data.train_split)
@@ -203,12 +204,19 @@ def preflight(config: Config, *, limit: int | None = None) -> list[tuple[str, st
     if config.pipeline == "fma":  # the training-free pipeline trains nothing
         check_batch_sizes(config, len(dataset))
     resolve_clip(config.models.clip, config.models.clip_arch)
-    if needs_superpixels(config) and config.superpixels.source == "sam" and import_source(config) is None:
+    if needs_superpixels(config) and config.superpixels.source not in CPU_SOURCES and import_source(config) is None:
         folder = superpixels_dir(config, config.data.train_split)
         ids = dataset.ids[:limit] if limit else dataset.ids
         if any(not Path(f"{superpixel_path(folder, i)}.json").is_file() for i in ids):
+            weights = hf_weights(config)
             sam = config.models.sam
-            if sam in ("", "default"):  # the official file of models.sam_type ('tiny' has none: load_sam says so)
+            if weights is not None:  # a transformers mask source: its model folder
+                from tag2mask.models.weights import HF_MASK_SOURCES, resolve_hf_folder
+
+                what, repo = HF_MASK_SOURCES[config.superpixels.source]
+                resolve_hf_folder(weights, what=what, default_repo=repo)
+                sam = ""
+            elif sam in ("", "default"):  # the official file of models.sam_type ('tiny' has none: load_sam says so)
                 sam = "" if config.models.sam_type == "tiny" else config.models.sam_type.replace("default", "vit_h")
             if sam:
                 resolve_weight(sam, kind="sam")

@@ -36,11 +36,23 @@ from tag2mask.stages.inputs import InputLedger
 from tag2mask.stages.rundir import ItemsResult, shard
 
 
+CPU_SOURCES = ("slic", "felzenszwalb")
+"""``superpixels.source`` values made without SAM (scikit-image); every other value is a SAM variant."""
+
+
+def hf_weights(config: Config) -> str | None:
+    """The transformers weights (a folder or Hugging Face repository id) of the config's mask source, or None when
+    the source is segment_anything's own SAM or a CPU method (:func:`tag2mask.models.weights.mask_source_weights`)."""
+    from tag2mask.models.weights import mask_source_weights
+
+    return mask_source_weights(config.superpixels.source, config.models.sam)
+
+
 def generator_params(config: Config) -> dict[str, object]:
-    """The generator parameters of ``config.superpixels``: for SAM every key but ``source`` and ``preset``; for a
-    CPU source (``slic`` / ``felzenszwalb``) the CPU generator's resolved parameters (its method, defaults and
+    """The generator parameters of ``config.superpixels``: for a SAM variant every key but ``source`` and ``preset``;
+    for a CPU source (``slic`` / ``felzenszwalb``) the CPU generator's resolved parameters (its method, defaults and
     ``hierarchy_recall_thresh``; :func:`tag2mask.superpixels.cpu.cpu_params`), none of the SAM keys."""
-    if config.superpixels.source != "sam":
+    if config.superpixels.source in CPU_SOURCES:
         from tag2mask.superpixels.cpu import cpu_params
 
         return cpu_params(config.superpixels.source, recall_thresh=config.superpixels.hierarchy_recall_thresh)
@@ -65,11 +77,16 @@ def superpixels_key(config: Config, split: str, import_dir: str | Path | None = 
     if source is not None:  # imported masks depend on the folder, not on SAM or the generator settings
         return config_hash({"dataset": config.data.dataset, "root": root, "split": split, "import": str(source)})
     sp = config.superpixels
-    if sp.source != "sam":  # CPU sources: the method and its parameters, not SAM
+    if sp.source in CPU_SOURCES:  # CPU sources: the method and its parameters, not SAM
         return config_hash(
             {"dataset": config.data.dataset, "root": root, "split": split, "source": sp.source,
              "params": generator_params(config)}
         )
+    params = {k: v for k, v in generator_params(config).items() if k not in RESULT_NEUTRAL_KEYS}
+    weights = hf_weights(config)
+    if weights is not None:  # a transformers source: the model's weights, not models.sam_type
+        return config_hash({"dataset": config.data.dataset, "root": root, "split": split, "source": sp.source,
+                            "weights": weights, "params": params})
     return config_hash(
         {
             "dataset": config.data.dataset,
@@ -78,7 +95,7 @@ def superpixels_key(config: Config, split: str, import_dir: str | Path | None = 
             "source": sp.source,
             "sam_type": config.models.sam_type,
             "sam": config.models.sam,
-            "params": {k: v for k, v in generator_params(config).items() if k not in RESULT_NEUTRAL_KEYS},
+            "params": params,
         }
     )
 
@@ -102,21 +119,31 @@ def superpixel_path(folder: Path, image_id: str) -> Path:
 
 
 def build_generator(config: Config, device: str):  # -> QuasiSuperpixelGenerator | CpuSuperpixelGenerator
-    """The quasi-superpixel generator of ``config`` on ``device``: SAM's (loads SAM) for ``source: sam``, the
-    CPU generator for ``slic`` / ``felzenszwalb`` (scikit-image, no SAM, ``device`` unused)."""
+    """The quasi-superpixel generator of ``config`` on ``device``: for a SAM variant the quasi-superpixel generator
+    on its predictor (segment_anything's SAM, or a transformers model behind
+    :class:`tag2mask.models.sam_hf.HFSamPredictor`: ``sam`` with a transformers folder, ``sam-hq``, ``sam2``,
+    ``edgetam``), the CPU generator for ``slic`` / ``felzenszwalb`` (scikit-image, no SAM, ``device`` unused)."""
     source = config.superpixels.source
-    if source in ("slic", "felzenszwalb"):
+    if source in CPU_SOURCES:
         from tag2mask.superpixels.cpu import CpuSuperpixelGenerator
 
         return CpuSuperpixelGenerator(source, recall_thresh=config.superpixels.hierarchy_recall_thresh)
-    if source != "sam":
-        raise NotBuiltError(f"superpixels.source={source!r} is not built; use sam, slic or felzenszwalb")
-    from tag2mask.models.sam import load_sam, sam_predictor
     from tag2mask.superpixels import QuasiSuperpixelGenerator
 
-    sam_file = None if config.models.sam in ("", "default") else config.models.sam
-    sam = load_sam(config.models.sam_type, sam_file, device=device)
-    return QuasiSuperpixelGenerator(sam_predictor(sam), config.superpixels.preset, **generator_params(config))
+    weights = hf_weights(config)
+    if weights is not None:
+        from tag2mask.models.sam_hf import hf_sam_predictor
+
+        predictor = hf_sam_predictor(source, weights, device=device)
+    elif source == "sam":
+        from tag2mask.models.sam import load_sam, sam_predictor
+
+        sam_file = None if config.models.sam in ("", "default") else config.models.sam
+        predictor = sam_predictor(load_sam(config.models.sam_type, sam_file, device=device))
+    else:
+        raise NotBuiltError(f"superpixels.source={source!r} is not built; use sam, sam-hq, sam2, edgetam, slic or "
+                            "felzenszwalb")
+    return QuasiSuperpixelGenerator(predictor, config.superpixels.preset, **generator_params(config))
 
 
 def run_superpixels(
@@ -149,11 +176,13 @@ def run_superpixels(
         "split": split,
     }
     if source is None:
+        weights = hf_weights(config)
         about.update(
             {
                 "source": config.superpixels.source,
                 "preset": config.superpixels.preset,
-                "models": {"sam_type": config.models.sam_type, "sam": config.models.sam},
+                "models": ({"sam_type": config.models.sam_type, "sam": config.models.sam} if weights is None
+                           else {"transformers": weights}),
                 "params": generator_params(config),
             }
         )

@@ -44,10 +44,15 @@ def _superpixel_source(run: RunView) -> str:
     imported = getattr(sp, "import_dir", None)
     if imported:
         return f"imported SAM annotations from {imported}"
-    if sp.source == "sam":
-        return (f"SAM {config.models.sam_type} (weights {config.models.sam}), generator pattern {sp.preset}, "
-                f"{sp.points_per_side} points per side, {sp.crop_n_layers} crop layer(s)")
-    return f"CPU method {sp.source} (no SAM), generator pattern {sp.preset}"
+    if sp.source in ("slic", "felzenszwalb"):
+        return f"CPU method {sp.source} (no SAM), generator pattern {sp.preset}"
+    from tag2mask.models.weights import HF_MASK_SOURCES, mask_source_weights
+
+    grid = f"generator pattern {sp.preset}, {sp.points_per_side} points per side, {sp.crop_n_layers} crop layer(s)"
+    weights = mask_source_weights(sp.source, config.models.sam)
+    if weights is not None:
+        return f"{HF_MASK_SOURCES[sp.source][0]} through transformers (weights {weights}), {grid}"
+    return f"SAM {config.models.sam_type} (weights {config.models.sam}), {grid}"
 
 
 def _image_count(run: RunView) -> str:
