@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tag2mask.errors import Tag2MaskError
 
+if TYPE_CHECKING:  # annotations only: the commands import the heavy modules when they run
+    from tag2mask.config import Config
+    from tag2mask.stages.rundir import RunDir
 
-def load_config_and_run(args: argparse.Namespace, writes: bool = True):  # -> tuple[Config, RunDir | None]
+
+def load_config_and_run(args: argparse.Namespace, writes: bool = True) -> tuple[Config, RunDir | None]:
     """The config (preset or ``--run``'s, with the overrides) and the run. A command that ``writes`` into the run
     locks it (shared between ``--shard`` workers) and records its config; a reading one leaves config.yaml alone."""
     from tag2mask.config import load_config
@@ -31,7 +36,7 @@ def load_config_and_run(args: argparse.Namespace, writes: bool = True):  # -> tu
     return config, RunDir.create(args.run, config)
 
 
-def lock_run(run, args: argparse.Namespace) -> None:  # noqa: ANN001
+def lock_run(run: RunDir, args: argparse.Namespace) -> None:
     """Own ``run`` for a command that writes into it (shared between ``--shard`` workers; torchrun: the lead)."""
     from tag2mask.lock import lock_folder
 
@@ -47,7 +52,7 @@ def lead_process() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
 
 
-def ranks(args: argparse.Namespace, config) -> tuple[int, int]:  # noqa: ANN001
+def ranks(args: argparse.Namespace, config: Config) -> tuple[int, int]:
     """``--shard i/n`` (independent processes), else torchrun's ranks (joining its process group), else (0, 1)."""
     from tag2mask.stages.common import join_process_group, worker_shard
 
@@ -63,7 +68,7 @@ def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     return config_items, [o for o in items if o not in config_items]
 
 
-def run_of(path: Path, explicit: str | None, overrides: list[str]):  # -> tuple[Config, RunDir]
+def run_of(path: Path, explicit: str | None, overrides: list[str]) -> tuple[Config, RunDir]:
     """The run folder given, else the first parent of ``path`` that is one; its config with ``overrides``."""
     from tag2mask.config import load_config
     from tag2mask.stages.rundir import RunDir
@@ -78,7 +83,7 @@ def run_of(path: Path, explicit: str | None, overrides: list[str]):  # -> tuple[
     return load_config(run.path / RunDir.CONFIG, overrides), run
 
 
-def evaluate_into(config, folder: Path, split: str, limit: int | None, tuned: list[str]) -> float | None:  # noqa: ANN001
+def evaluate_into(config: Config, folder: Path, split: str, limit: int | None, tuned: list[str]) -> float | None:
     """Evaluate ``folder``'s PNGs on ``split`` when it has ground truth; writes folder/evaluation.{json,md}."""
     from tag2mask.stages.common import open_split
     from tag2mask.stages.evaluate import gt_tuned_choices, miou_percent, run_evaluate, write_report
@@ -91,7 +96,7 @@ def evaluate_into(config, folder: Path, split: str, limit: int | None, tuned: li
     return miou_percent(report)
 
 
-def count_files(folder: Path, config, split: str, limit: int | None, suffix: str) -> int:  # noqa: ANN001
+def count_files(folder: Path, config: Config, split: str, limit: int | None, suffix: str) -> int:
     """How many images of ``split`` (its first ``limit``) have ``folder/<id><suffix>``."""
     from tag2mask.stages.common import open_split
 

@@ -5,10 +5,16 @@ whole pipeline. Each stage command keeps its books through :func:`tag2mask.stage
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tag2mask.commands.common import load_config_and_run, ranks, stage_two_hint
 from tag2mask.errors import Tag2MaskError
+
+if TYPE_CHECKING:  # annotations only
+    from tag2mask.config import Config
+    from tag2mask.stages.rundir import ItemsResult, RunDir
 
 
 def superpixels_command(args: argparse.Namespace) -> int:
@@ -100,8 +106,8 @@ def seeds_command(args: argparse.Namespace) -> int:
                               lambda out, **kw: run_seeds(config, args.task, split, cams_dir, out, **kw))
 
 
-def _per_image_command(args: argparse.Namespace, config, run, stage: str, key: str, inputs: dict,  # noqa: ANN001
-                       split: str, what: str, compute) -> int:  # noqa: ANN001
+def _per_image_command(args: argparse.Namespace, config: Config, run: RunDir, stage: str, key: str,
+                       inputs: dict[str, Any], split: str, what: str, compute: Callable[..., ItemsResult]) -> int:
     """A per-image stage command (cams, seeds) in ``run``: ``compute(out_dir, rank=, world_size=, limit=,
     show_progress=)`` does this worker's share; the books are :func:`~tag2mask.stages.lifecycle.run_stage`'s."""
     from tag2mask.stages.lifecycle import item_counts, run_stage
@@ -161,7 +167,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _argmax_sweep(config, cams_dir: Path, split: str, limit: int | None) -> dict:  # noqa: ANN001
+def _argmax_sweep(config: Config, cams_dir: Path, split: str, limit: int | None) -> dict[str, Any]:
     from tag2mask.stages.evaluate import argmax_sweep
 
     powers = list(config.evaluate.argmax_bg_powers)
