@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tag2mask.errors import MissingWeightsError, Tag2MaskError
-from tag2mask.models.weights import KNOWN_WEIGHTS, find_weights, resolve_weight, weights_dir
+from tag2mask.models.weights import KNOWN_WEIGHTS, find_hub_models, find_weights, resolve_weight, weights_dir
 
 
 @pytest.fixture
@@ -124,6 +124,29 @@ def test_find_weights(wdir: Path) -> None:
     found = {name: path for name, _, path in rows}
     assert found["vit_b"] == wdir / "sam_vit_b_01ec64.pth"
     assert found["ViT-B/16"] is None
+
+
+def test_find_hub_models_in_the_weights_folder_and_the_hub_cache(wdir: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    clip = wdir / "openai" / "clip-vit-base-patch16"  # the weights folder: <org>/<name>
+    clip.mkdir(parents=True)
+    (clip / "model.safetensors").write_bytes(b"x")
+    assert dict((repo, found) for _, repo, found in find_hub_models())["openai/clip-vit-base-patch16"] is None
+    (clip / "config.json").write_text("{}")  # a folder counts with its config.json
+    snapshot = tmp_path / "hub" / "models--facebook--sam2.1-hiera-large" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "pytorch_model.bin").write_bytes(b"x")
+    rows = find_hub_models()
+    assert rows[0][:2] == ("CLIP ViT-B/16 (HF)", "openai/clip-vit-base-patch16")
+    found = {repo: folder for _, repo, folder in rows}
+    assert found == {"openai/clip-vit-base-patch16": clip, "facebook/sam-vit-huge": None,
+                     "syscv-community/sam-hq-vit-huge": None, "facebook/sam2.1-hiera-large": snapshot,
+                     "yonigozlan/EdgeTAM-hf": None}
+    info = subprocess.run([sys.executable, "-m", "tag2mask.cli", "info"], capture_output=True, text=True, timeout=120)
+    line = next(ln for ln in info.stdout.splitlines() if "facebook/sam2.1-hiera-large" in ln)
+    assert line.split()[:2] == ["SAM", "2.1"] and line.endswith(str(snapshot))
 
 
 def test_weights_module_does_not_import_torch() -> None:

@@ -79,7 +79,13 @@ def info_command(args: argparse.Namespace) -> int:
     width = max(len(filename) for _, filename, _ in rows)
     for name, filename, found in rows:
         print(f"  {name:16s} {filename:{width}s} {found if found else 'not found'}")
-    from tag2mask.models.weights import PACKAGED_WEIGHTS
+    from tag2mask.models.weights import PACKAGED_WEIGHTS, find_hub_models
+
+    hub = find_hub_models()
+    print(f"{'hub models':18s} (folder <org>/<name> in the weights folder, or the Hugging Face cache)")
+    what_width, repo_width = (max(len(row[i]) for row in hub) for i in (0, 1))
+    for what, repo, found in hub:
+        print(f"  {what:{what_width}s} {repo:{repo_width}s} {found if found else 'not found'}")
 
     print(f"{'packaged models':18s} (ship with tag2mask)")
     for w in PACKAGED_WEIGHTS:

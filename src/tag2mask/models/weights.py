@@ -497,3 +497,19 @@ def mask_source_weights(source: str, sam: str) -> str | None:
     if sam in ("", "default", "tiny") or known_weight(Path(sam).name, "sam") is not None:
         return HF_MASK_SOURCES[source][1]
     return sam
+
+
+HUB_CLIP = ("CLIP ViT-B/16 (HF)", "openai/clip-vit-base-patch16")
+"""The Hugging Face ``CLIPModel`` of the paper's CLIP (``models.clip=openai/clip-vit-base-patch16``)."""
+
+
+def find_hub_models() -> list[tuple[str, str, Path | None]]:
+    """The Hugging Face repositories tag2mask knows, as ``(what, repository, folder found or None)``: the paper's
+    CLIP in Hugging Face's layout, then the official repository of every transformers mask source. A folder counts
+    when it holds ``config.json`` and a weight file (:func:`hf_model_file`); looked for in the weights folder
+    (``<org>/<name>``), then in the Hugging Face hub cache."""
+    rows: list[tuple[str, str, Path | None]] = []
+    for what, repo in (HUB_CLIP, *HF_MASK_SOURCES.values()):
+        found = next((f for f in (hub_repo_folder(repo), *hub_snapshots(repo)) if hf_model_file(f) is not None), None)
+        rows.append((what, repo, found))
+    return rows
