@@ -25,7 +25,8 @@ def clip_normalise(images: np.ndarray) -> torch.Tensor:
     arr = np.asarray(images)
     if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
         raise ValueError(f"images must be uint8 H×W×3 or N×H×W×3, got {arr.dtype} {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32).div(255)
+    arr = np.ascontiguousarray(arr) if arr.flags.writeable else arr.copy()  # torch wants a writable array
+    t = torch.from_numpy(arr).to(torch.float32).div(255)
     t = t.movedim(-1, -3).contiguous()
     mean = torch.tensor(CLIP_MEAN, dtype=torch.float32)[:, None, None]
     std = torch.tensor(CLIP_STD, dtype=torch.float32)[:, None, None]
