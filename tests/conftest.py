@@ -99,6 +99,16 @@ def _isolated_tag2mask_folders(tmp_path_factory: pytest.TempPathFactory, monkeyp
     yield
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a module's tests (small tensors are faster so, notably on a busy machine); the
+    session's thread count is restored afterwards. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """``tag2mask demo`` run once per session: (run folder, what it printed). Tests may add to the folder

@@ -5,7 +5,6 @@ never downloaded; the config selects the source and the superpixel hash follows 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,7 @@ from tag2mask.superpixels import QuasiSuperpixelGenerator
 H, W = 96, 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _image(seed: int = 0) -> np.ndarray:

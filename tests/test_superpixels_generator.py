@@ -7,7 +7,6 @@ import copy
 import dataclasses
 import json
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +45,7 @@ def _fake(case: dict) -> FakePredictor:
 FAST = {"points_per_batch": 64}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """The generator's tensors are small; one intra-op thread is faster, notably on a busy machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class _KeepStage1(QuasiSuperpixelGenerator):

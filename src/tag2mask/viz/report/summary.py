@@ -44,7 +44,9 @@ def _superpixel_source(run: RunView) -> str:
     imported = getattr(sp, "import_dir", None)
     if imported:
         return f"imported SAM annotations from {imported}"
-    if sp.source in ("slic", "felzenszwalb"):
+    from tag2mask.stages.superpixels import CPU_SOURCES
+
+    if sp.source in CPU_SOURCES:
         return f"CPU method {sp.source} (no SAM), generator pattern {sp.preset}"
     from tag2mask.models.weights import HF_MASK_SOURCES, mask_source_weights
 
@@ -76,7 +78,7 @@ def header_section(run: RunView) -> str:
             ("dataset", f"{c.data.dataset} ({c.data.root})"),
             ("split", f"seeds made on {c.data.train_split}; evaluated on {c.data.eval_split}"),
             ("images", _image_count(run)),
-            ("CLIP", c.models.clip + (f" (OpenCLIP {c.models.clip_arch})" if getattr(c.models, "clip_arch", "") else "")),
+            ("CLIP", c.models.clip + (f" (OpenCLIP {c.models.clip_arch})" if c.models.clip_arch else "")),
             ("quasi-superpixels", _superpixel_source(run)),
             ("seeding", f"coarse: {c.seeds.coarse.method}, bg power {c.seeds.coarse.bg_power:g}; "
                         f"fine: {c.seeds.fine.method}, bg power {c.seeds.fine.bg_power:g}"),
