@@ -196,6 +196,36 @@ def check_cams(report: Report, tiny: bool) -> None:
     arrays = report.timed(f"CAM inference + CAA, {w}×{h}, 3 classes", lambda: cam_one(
         model, image, fg, config, "cls", device, text), repeats=3, note="per image, prompts encoded once")
     report.finite("cams", torch.from_numpy(arrays["cam"]), torch.from_numpy(arrays["cam_raw"]))
+    check_cams_batched(report, model, text, config, (h, w), 2 if tiny else 8)
+
+
+def check_cams_batched(report: Report, model: Any, text: Any, config: Any, size: tuple[int, int], n: int) -> None:
+    """``cams.images_per_batch``: ``n`` images of one size through CLIP together, timed against one at a time; the
+    same CAMs to float32 rounding: the raw CAM to 1e-4 of its largest value (a CAM is a sum with much cancellation,
+    so the batched products' other order of addition shows most on a tiny random model: 7.5e-5 seen), the
+    refined CAM (its min-max scales the raw CAM's range up) to 1e-3."""
+    from tag2mask.stages.cams import cam_batch, cam_one
+
+    device = report.device
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(n)]
+    classes = [np.sort(rng.choice(20, 2 + k % 2, replace=False)).astype(np.int64) for k in range(n)]
+    report.timed(f"CAM inference + CAA, {n} images one at a time", lambda: [cam_one(
+        model, im, fg, config, "cls", device, text) for im, fg in zip(images, classes)], repeats=2)
+    alone_ms = report.rows[-1][1]
+    batched = report.timed(f"CAM inference + CAA, {n} images in one batch", lambda: cam_batch(
+        model, images, classes, config, "cls", device, text), repeats=2, note=f"cams.images_per_batch={n}")
+    alone = [cam_one(model, im, fg, config, "cls", device, text) for im, fg in zip(images, classes)]
+
+    def worst(key: str) -> float:
+        return max(float(np.abs(b[key] - a[key]).max() / max(float(np.abs(a[key]).max()), 1e-30))
+                   for a, b in zip(alone, batched))
+
+    raw, refined = worst("cam_raw"), worst("cam")
+    report.annotate(f"cams.images_per_batch={n} (one at a time: {alone_ms}); max relative difference: raw CAM "
+                    f"{raw:.1e}, after CAA {refined:.1e}")
+    report.need(raw <= 1e-4 and refined <= 1e-3, f"cams batched: raw CAMs differ by {raw:.1e} (> 1e-4) or refined "
+                f"by {refined:.1e} (> 1e-3)")
 
 
 def check_clip_es(report: Report, tiny: bool) -> None:

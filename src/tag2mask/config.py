@@ -181,6 +181,9 @@ class CamsConfig:
     # working size: an image whose longer side is larger goes through CLIP downscaled to this size (aspect kept,
     # then aligned; 0 = never), which bounds the patch grid and the attention matrix. VOC and COCO: never.
     max_side: int = 1024
+    # images whose CLIP input has one size go through the network together, up to this many (a GPU's speed-up;
+    # on a CPU no gain). 1 = one at a time, bit-exact with the reference; more: the same CAMs to float32 rounding.
+    images_per_batch: int = 1
 
 
 @dataclass
@@ -645,6 +648,8 @@ def _check_ranges(config: Config) -> None:
              "pow, alpha_bg or no_bg (thresh needs a constant background score, which has no setting yet)",
              s.bg_method)
     need(config.cams.att_layers > 0, "cams.att_layers", "a positive integer", config.cams.att_layers)
+    need(1 <= config.cams.images_per_batch <= 256, "cams.images_per_batch", "an integer in 1..256",
+         config.cams.images_per_batch)
     e = config.clip_es
     need(len(e.templates) > 0 and all(t.count("{}") == 1 for t in e.templates), "clip_es.templates",
          "a non-empty list of templates, each with one {} for the class name", e.templates)

@@ -24,3 +24,10 @@ def progress(items: Iterable[T], total: int, desc: str, enabled: bool = True) ->
     from tqdm import tqdm
 
     yield from tqdm(items, total=total, desc=desc, unit="img", disable=not enabled or total == 0, **bar_options())
+
+
+def progress_bar(total: int, desc: str, enabled: bool = True) -> Any:
+    """A tqdm bar to ``update`` by hand, as a context manager (work done in batches, counted per image)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled or total == 0, **bar_options())

@@ -52,6 +52,20 @@ class CamOutput:
         """The first ``C_fg`` logit columns (what classification losses see, SPEC §1.4)."""
         return self.logits[:, : self.num_fg]
 
+    def image(self, n: int) -> CamOutput:
+        """Image ``n``'s part of a batch's output, as if it had been run alone: its CAMs, pairs (image index 0),
+        logits, probabilities, attention and embedding. Images do not interact in the network, so it equals a
+        batch-1 run to float32 rounding (bit-exact for a batch of one)."""
+        if not 0 <= n < self.logits.shape[0]:
+            raise IndexError(f"image {n} of a batch of {self.logits.shape[0]}")
+        rows = self.pairs[:, 0] == n
+        pairs = self.pairs[rows].clone()
+        pairs[:, 0] = 0
+        cam = self.cam[rows] if len(self.cam) else self.cam
+        att = self.att[n : n + 1] if self.att is not None else None
+        return CamOutput(cam=cam, logits=self.logits[n : n + 1], probs=self.probs[n : n + 1], pairs=pairs,
+                         grid=self.grid, att=att, num_fg=self.num_fg, image_embedding=self.image_embedding[n : n + 1])
+
 
 class GradCAMClip(nn.Module):
     """Frozen CLIP + a :class:`PromptLearner` → logits and Softmax-GradCAMs.

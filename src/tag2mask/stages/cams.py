@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from tag2mask.cam.image import prepare_image
+from tag2mask.cam.image import aligned_size, prepare_image
 from tag2mask.config import Config
-from tag2mask.data.base import capped_size
+from tag2mask.data.base import capped_size, image_size, working_size
 from tag2mask.errors import DataError, NotBuiltError, Tag2MaskError
 from tag2mask.io import file_digest, file_stamp, load_npz, save_npz
-from tag2mask.stages.common import build_prompt_learner, log, open_split, progress, runtime_device
+from tag2mask.progress import progress_bar
+from tag2mask.stages.common import build_prompt_learner, log, open_split, runtime_device
 from tag2mask.stages.inputs import InputLedger
 from tag2mask.stages.rundir import ItemsResult, shard
 
@@ -52,32 +53,33 @@ def cam_one(model: Any, image: np.ndarray, fg_cls: np.ndarray, config: Config, t
             text_features: Any = None) -> dict:
     """The arrays of one image's CAM file (``text_features``: the prompts' features computed once for a stage,
     see :meth:`~tag2mask.cam.GradCAMClip.forward`; default: encoded for this image)."""
+    return cam_batch(model, [image], [fg_cls], config, task, device, text_features)[0]
+
+
+def cam_batch(model: Any, images: list[np.ndarray], fg_cls: list[np.ndarray], config: Config, task: str,
+              device: str, text_features: Any = None) -> list[dict]:
+    """The arrays of each image's CAM file, images of one working size through CLIP together
+    (:func:`forward_batch`); a batch of one is :func:`cam_one`."""
     import torch
 
-    x = prepare_image(image, config.cams.align, config.cams.max_side).to(device)
-    labels = torch.zeros(1, model.num_fg, device=device)
-    labels[0, torch.as_tensor(fg_cls, device=device)] = 1.0
     caa_on = getattr(config.caa, task).enabled
     need_att = caa_on or config.cams.save_att
-    out = model(x, labels, need_attention=need_att, text_features=text_features)
-    raw = out.cam.detach().float().cpu().numpy()
-    arrays: dict[str, Any] = {
-        "cam_raw": raw,
-        "fg_cls": out.pairs[:, 1].cpu().numpy().astype(np.int64),
-        "size": np.asarray(image.shape[:2], np.int64),
-        "logits": out.logits[0].detach().float().cpu().numpy(),
-    }
-    att = out.att[0].float().cpu().numpy() if need_att else None
-    with torch.autocast(x.device.type, enabled=False):  # CAA in float32 even when the caller uses autocast
-        arrays["cam"] = refine(raw, att, config, task) if caa_on else raw
-    if config.cams.save_att:
-        arrays["att"] = att.astype(np.float16)
-    return arrays
+    files = []
+    for image, out in zip(images, forward_batch(model, images, fg_cls, config, device, need_att, text_features)):
+        raw = out.cam.detach().float().cpu().numpy()
+        arrays: dict[str, Any] = {"cam_raw": raw, **_common_arrays(out, image)}
+        att = out.att[0].float().cpu().numpy() if need_att else None
+        with torch.autocast(torch.device(device).type, enabled=False):  # CAA in float32 even under autocast
+            arrays["cam"] = refine(raw, att, config, task) if caa_on else raw
+        if config.cams.save_att:
+            arrays["att"] = att.astype(np.float16)
+        files.append(arrays)
+    return files
 
 
-def clip_es_cam_one(model: Any, image: np.ndarray, fg_cls: np.ndarray, config: Config, device: str,
-                    text_features: Any) -> dict:
-    """The arrays of one image's training-free CAM file (``pipeline: clip_es``): ``cam`` is CLIP-ES's refined CAM
+def clip_es_cam_batch(model: Any, images: list[np.ndarray], fg_cls: list[np.ndarray], config: Config, device: str,
+                      text_features: Any) -> list[dict]:
+    """The arrays of each image's training-free CAM file (``pipeline: clip_es``): ``cam`` is CLIP-ES's refined CAM
     on the patch grid (:func:`~tag2mask.cam.clip_es.clip_es_refine`), ``cam_raw`` its Softmax-GradCAM; ``model``
     has every class's fixed prompt (the softmax runs over the image's tagged classes and the background names
     only, as in CLIP-ES)."""
@@ -85,17 +87,45 @@ def clip_es_cam_one(model: Any, image: np.ndarray, fg_cls: np.ndarray, config: C
 
     from tag2mask.cam.clip_es import clip_es_refine
 
-    x = prepare_image(image, config.cams.align, config.cams.max_side).to(device)
-    labels = torch.zeros(1, model.num_fg, device=device)
-    labels[0, torch.as_tensor(fg_cls, device=device)] = 1.0
-    out = model(x, labels, need_attention=True, text_features=text_features)
     e = config.clip_es
-    with torch.autocast(x.device.type, enabled=False):
-        arrays = clip_es_refine(out, box_thresh=e.box_thresh, boxes=e.boxes, sinkhorn_iters=e.sinkhorn_iters,
-                                power=e.power)
+    files = []
+    for image, out in zip(images, forward_batch(model, images, fg_cls, config, device, True, text_features)):
+        with torch.autocast(torch.device(device).type, enabled=False):
+            arrays = clip_es_refine(out, box_thresh=e.box_thresh, boxes=e.boxes, sinkhorn_iters=e.sinkhorn_iters,
+                                    power=e.power)
+        files.append({"cam": arrays["cam_refined"], "cam_raw": arrays["cam_raw"], **_common_arrays(out, image)})
+    return files
+
+
+def forward_batch(model: Any, images: list[np.ndarray], fg_cls: list[np.ndarray], config: Config, device: str,
+                  need_attention: bool, text_features: Any) -> list[Any]:
+    """One :class:`~tag2mask.cam.gradcam.CamOutput` per image (:meth:`~tag2mask.cam.gradcam.CamOutput.image`).
+
+    The images are prepared one by one (SPEC §1.2) and those whose CLIP input has the same size go through the
+    network as one batch; the rest in batches of their own sizes. Images do not interact in the network, so each
+    output equals that image run alone to float32 rounding (the batched matrix products add in another order).
+    """
+    import torch
+
+    inputs = [prepare_image(image, config.cams.align, config.cams.max_side) for image in images]
+    outputs: list[Any] = [None] * len(images)
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for n, x in enumerate(inputs):
+        by_size.setdefault(tuple(x.shape), []).append(n)
+    for members in by_size.values():
+        x = torch.cat([inputs[n] for n in members]).to(device)
+        labels = torch.zeros(len(members), model.num_fg, device=device)
+        for row, n in enumerate(members):
+            labels[row, torch.as_tensor(fg_cls[n], dtype=torch.long, device=device)] = 1.0
+        out = model(x, labels, need_attention=need_attention, text_features=text_features)
+        for row, n in enumerate(members):
+            outputs[n] = out.image(row)
+    return outputs
+
+
+def _common_arrays(out: Any, image: np.ndarray) -> dict[str, np.ndarray]:
+    """What every CAM file holds besides its maps: the positive classes, the photo's size, the prompt logits."""
     return {
-        "cam": arrays["cam_refined"],
-        "cam_raw": arrays["cam_raw"],
         "fg_cls": out.pairs[:, 1].cpu().numpy().astype(np.int64),
         "size": np.asarray(image.shape[:2], np.int64),
         "logits": out.logits[0].detach().float().cpu().numpy(),
@@ -145,14 +175,16 @@ def run_cams(
     t0 = time.perf_counter()
     if todo:
         if external is not None:
-            step = _importer(config, task, Path(external), dataset)
+            step, batches = _importer(config, task, Path(external), dataset), [[i] for i in todo]
         else:
-            step = _computer(config, task, dataset, context)
-        for image_id in progress(todo, len(todo), f"cams {task} {split}", show_progress and rank == 0):
-            arrays = step(image_id)
-            output(image_id).parent.mkdir(parents=True, exist_ok=True)
-            save_npz(output(image_id), **arrays)
-            ledger.record(image_id)
+            step, batches = _computer(config, task, dataset, context), same_size_batches(todo, dataset, config.cams)
+        with progress_bar(len(todo), f"cams {task} {split}", show_progress and rank == 0) as bar:
+            for batch in batches:
+                for image_id, arrays in zip(batch, step(batch)):
+                    output(image_id).parent.mkdir(parents=True, exist_ok=True)
+                    save_npz(output(image_id), **arrays)
+                    ledger.record(image_id)
+                    bar.update(1)
     done = ledger.done(ids, output)
     return ItemsResult(out_dir, done, len(ids), len(todo), time.perf_counter() - t0)
 
@@ -195,9 +227,9 @@ def _computer(config: Config, task: str, dataset: Any, context: Path | None):
     with torch.no_grad():  # the prompts are fixed here: their text features are the same for every image
         text_features = model.text_features()
 
-    def step(image_id: str) -> dict:
-        fg = np.asarray(dataset[image_id].labels, np.int64)
-        return cam_one(model, dataset.load_image(image_id), fg, config, task, device, text_features)
+    def step(batch: list[str]) -> list[dict]:
+        images, fg = _read(dataset, batch)
+        return cam_batch(model, images, fg, config, task, device, text_features)
 
     return step
 
@@ -215,17 +247,43 @@ def _clip_es_computer(config: Config, dataset: Any):
     model = clip_es_model(clip, len(fg), e.pos_embed_f16, config.cams.att_layers)
     log.info("cams: training-free (CLIP-ES), %d templates, device %s", len(e.templates), device)
 
-    def step(image_id: str) -> dict:
-        fg_cls = np.asarray(dataset[image_id].labels, np.int64)
-        return clip_es_cam_one(model, dataset.load_image(image_id), fg_cls, config, device, text_features)
+    def step(batch: list[str]) -> list[dict]:
+        images, fg = _read(dataset, batch)
+        return clip_es_cam_batch(model, images, fg, config, device, text_features)
 
     return step
+
+
+def _read(dataset: Any, batch: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The images of ``batch`` and their positive classes."""
+    return [dataset.load_image(i) for i in batch], [np.asarray(dataset[i].labels, np.int64) for i in batch]
+
+
+def same_size_batches(ids: list[str], dataset: Any, cams: Any) -> list[list[str]]:
+    """``ids`` in batches of at most ``cams.images_per_batch`` images whose CLIP input has one size (from the file
+    headers): sizes in the order they first appear, each size's images in their order. With 1 (the default), one
+    image at a time in the given order. An image whose header cannot be read goes alone (reading it says why)."""
+    per_batch = cams.images_per_batch
+    if per_batch <= 1:
+        return [[i] for i in ids]
+    groups: dict[Any, list[str]] = {}
+    for image_id in ids:
+        try:
+            width, height = image_size(dataset[image_id].image_path)
+            key: Any = aligned_size(*working_size(height, width, cams.max_side), cams.align)
+        except DataError:
+            key = ("unreadable", image_id)
+        groups.setdefault(key, []).append(image_id)
+    return [members[k : k + per_batch] for members in groups.values() for k in range(0, len(members), per_batch)]
 
 
 def _importer(config: Config, task: str, folder: Path, dataset: Any):
     caa_on = getattr(config.caa, task).enabled
 
-    def step(image_id: str) -> dict:
+    def step(batch: list[str]) -> list[dict]:
+        return [one(image_id) for image_id in batch]
+
+    def one(image_id: str) -> dict:
         path = folder / f"{image_id}.npz"
         if not path.is_file():
             raise DataError(f"external CAM file {path} not found (one <id>.npz per image with 'cam' and 'fg_cls')")

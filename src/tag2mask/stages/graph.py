@@ -35,8 +35,9 @@ PIPELINE_STAGES = {
 }
 """The stages (with a config hash) of each ``pipeline``."""
 
-RESULT_NEUTRAL_KEYS = frozenset({"resume_every", "points_per_batch"})
-"""Keys that never change results (memory, bookkeeping): left out of the stage hashes."""
+RESULT_NEUTRAL_KEYS = frozenset({"resume_every", "points_per_batch", "images_per_batch"})
+"""Keys that never change results beyond float32 rounding (memory, speed, bookkeeping): left out of the stage
+hashes."""
 
 PER_IMAGE_KEYS = frozenset({"max_side"})
 """Keys that change only the images they apply to (``max_side``: images larger than it): left out of the stage
