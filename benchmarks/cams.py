@@ -13,8 +13,10 @@ re-encoded with a graph for every image, one backward per positive class with ``
 CAMs; they must agree to 1e-5 (relative to the largest value). tag2mask's prompt encoding happens once per stage, so
 it is timed apart and shared over the stage's images: the line starting ``cam inference:`` gives the ratio for a
 stage of the benchmark's few images and for a VOC train_aug stage (10,582 images), and ends with ``ratio N.Nx``.
+With ``--batched`` (the default) the same images, all of one size, also go through CLIP as one batch
+(``cams.images_per_batch``): a line gives ms per image against one at a time and their largest difference.
 
-Usage: ``python benchmarks/cams.py [--h 24 --w 32 --classes 3 --repeats 50] [--images 4] [--no-inference]``
+Usage: ``python benchmarks/cams.py [--h 24 --w 32 --classes 3 --repeats 50] [--images 4] [--no-inference] [--no-batched]``
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ VOC_TRAIN_AUG = 10582
 """Images of a VOC train_aug CAM stage, over which the prompts' encoding is shared."""
 
 
-def cam_inference(n_images: int) -> None:
+def cam_inference(n_images: int, batched: bool = True) -> None:
     """tag2mask's CAM inference against the reference-style baseline, full-size random ViT-B/16, 500×375."""
     import numpy as np
     import open_clip
@@ -128,6 +130,27 @@ def cam_inference(n_images: int) -> None:
           f"of {VOC_TRAIN_AUG} images (VOC train_aug): ratio {ratio(VOC_TRAIN_AUG):.1f}x")
     if worst > 1e-5:
         raise SystemExit("CAM inference and the baseline disagree")
+    if batched:
+        cam_inference_batched(model, text, config, images, classes, t_ours)
+
+
+def cam_inference_batched(model, text, config, images: list, classes: list, t_one: float) -> None:  # noqa: ANN001
+    """``cams.images_per_batch``: the benchmark's images (all one size) through CLIP in one batch, against one at a
+    time (``t_one`` s/image); the raw CAMs must agree to 1e-5 of their largest value."""
+    import numpy as np
+
+    from tag2mask.stages.cams import cam_batch, cam_one
+
+    n = len(images)
+    alone = [cam_one(model, im, fg, config, "cls", "cpu", text)["cam_raw"] for im, fg in zip(images, classes)]
+    batched = [f["cam_raw"] for f in cam_batch(model, images, classes, config, "cls", "cpu", text)]
+    worst = max(float(np.abs(b - a).max() / max(np.abs(a).max(), 1e-30)) for a, b in zip(alone, batched))
+    t_batch = median_time(lambda: cam_batch(model, images, classes, config, "cls", "cpu", text), 2) / n
+    print(f"cam inference, {n} images of one size in one batch (cams.images_per_batch={n}): {t_batch * 1e3:.0f} "
+          f"ms/image, one at a time {t_one * 1e3:.0f} ms/image, max relative difference {worst:.1e}; "
+          f"ratio {t_one / t_batch:.2f}x")
+    if worst > 1e-5:
+        raise SystemExit("batched CAM inference differs from one image at a time")
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -151,6 +174,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=4, help="images for the CAM inference comparison")
     parser.add_argument("--inference", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--batched", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the images in one batch (cams.images_per_batch)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -187,7 +212,7 @@ def main() -> None:
     if not same:
         raise SystemExit("caa_refine and the baseline disagree")
     if args.inference:
-        cam_inference(args.images)
+        cam_inference(args.images, args.batched)
 
 
 if __name__ == "__main__":

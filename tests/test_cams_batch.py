@@ -206,3 +206,40 @@ def test_a_bad_image_stops_its_batch_and_keeps_the_batches_before(stage_env: Sim
         bad.write_bytes(good)
     rest = run_cams(config, "cls", "train", out, context=e.context, show_progress=False)
     assert rest.computed == len(labelled) - 3 and rest.done == rest.total
+
+
+def test_read_ahead_reads_the_next_item_while_this_one_is_worked_on() -> None:
+    import threading
+
+    from tag2mask.stages.common import read_ahead
+
+    second_read = threading.Event()
+
+    def read(k: int) -> int:
+        if k == 1:
+            second_read.set()
+        return 10 * k
+
+    seen = []
+    for k, data in read_ahead([0, 1, 2], read):
+        if k == 0:  # item 1 is read in the background while item 0 is being handled
+            assert second_read.wait(timeout=10)
+        seen.append((k, data))
+    assert seen == [(0, 0), (1, 10), (2, 20)]
+    assert list(read_ahead([], read)) == []
+
+
+def test_read_ahead_raises_a_read_error_at_its_item() -> None:
+    from tag2mask.errors import DataError
+    from tag2mask.stages.common import read_ahead
+
+    def read(k: int) -> int:
+        if k == 2:
+            raise DataError("item 2 is broken")
+        return k
+
+    handled = []
+    with pytest.raises(DataError, match="item 2"):
+        for k, _ in read_ahead([0, 1, 2, 3], read):
+            handled.append(k)
+    assert handled == [0, 1]

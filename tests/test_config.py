@@ -207,6 +207,7 @@ def test_superpixel_pattern_override_loads_its_values() -> None:
     ("prompts.cls.n_ctx=0", "prompts.cls.n_ctx=0 is out of range: a positive integer"),
     ("train.cls.augment.crop_size=0", "train.cls.augment.crop_size=0 is out of range"),
     ("cams.att_layers=0", "cams.att_layers=0 is out of range: a positive integer"),
+    ("cams.images_per_batch=0", "cams.images_per_batch=0 is out of range: an integer in 1..256"),
     ("caa.seg.sinkhorn_iters=0", "caa.seg.sinkhorn_iters=0 is out of range: a positive integer"),
     ("evaluate.argmax_bg_powers=[]", "evaluate.argmax_bg_powers=[] is out of range: a non-empty list"),
     ("cams.scales=[]", "cams.scales=[] is out of range: a non-empty list of positive numbers"),

@@ -1,11 +1,13 @@
 """The ``cams`` stage: Softmax-GradCAM of a task's trained prompts over a split, then CAA (SPEC §1.2, §3, §5.6, §6).
 
-Per image (batch 1, float32, no autocast, single scale, no flip — SPEC §1.2): each side is resized up to the next
+Per image (batch 1 by default, float32, no autocast, single scale, no flip — SPEC §1.2): each side is resized up to the next
 multiple of ``cams.align`` (16) with PIL bicubic, normalised with CLIP's mean/std, and the ground-truth image
 labels choose the classes. An image whose longer side exceeds ``cams.max_side`` (default 1024; never a VOC or COCO
 image) goes to its aligned working size instead, which bounds the patch grid and the attention matrix; ``size``
 stays the image's own, and seeding resizes the CAM to whatever size it works at. The raw CAMs are refined by CAA
-when ``caa.<task>.enabled``. One ``.npz`` per image:
+when ``caa.<task>.enabled``. ``cams.images_per_batch`` > 1 sends up to that many images whose CLIP input has one
+size through the network together (:func:`same_size_batches`; a GPU's speed-up): each file is the one the image
+gets alone to float32 rounding, and the setting is not part of the stage hash. One ``.npz`` per image:
 
 * ``cam``      P×h×w float32, the CAM seeding reads (after CAA when enabled, else raw)
 * ``cam_raw``  P×h×w float32, the raw Softmax-GradCAM
@@ -21,6 +23,7 @@ refined by CAA when the file carries ``att`` and CAA is enabled, and written in 
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from tag2mask.data.base import capped_size, image_size, working_size
 from tag2mask.errors import DataError, NotBuiltError, Tag2MaskError
 from tag2mask.io import file_digest, file_stamp, load_npz, save_npz
 from tag2mask.progress import progress_bar
-from tag2mask.stages.common import build_prompt_learner, log, open_split, runtime_device
+from tag2mask.stages.common import build_prompt_learner, log, open_split, read_ahead, runtime_device
 from tag2mask.stages.inputs import InputLedger
 from tag2mask.stages.rundir import ItemsResult, shard
 
@@ -175,12 +178,13 @@ def run_cams(
     t0 = time.perf_counter()
     if todo:
         if external is not None:
-            step, batches = _importer(config, task, Path(external), dataset), [[i] for i in todo]
+            step, batches, read = _importer(config, task, Path(external), dataset), [[i] for i in todo], _ids
         else:
             step, batches = _computer(config, task, dataset, context), same_size_batches(todo, dataset, config.cams)
+            read = functools.partial(_read, dataset)
         with progress_bar(len(todo), f"cams {task} {split}", show_progress and rank == 0) as bar:
-            for batch in batches:
-                for image_id, arrays in zip(batch, step(batch)):
+            for batch, data in read_ahead(batches, read):  # the next batch's images decoded meanwhile
+                for image_id, arrays in zip(batch, step(data)):
                     output(image_id).parent.mkdir(parents=True, exist_ok=True)
                     save_npz(output(image_id), **arrays)
                     ledger.record(image_id)
@@ -227,8 +231,8 @@ def _computer(config: Config, task: str, dataset: Any, context: Path | None):
     with torch.no_grad():  # the prompts are fixed here: their text features are the same for every image
         text_features = model.text_features()
 
-    def step(batch: list[str]) -> list[dict]:
-        images, fg = _read(dataset, batch)
+    def step(data: tuple[list[np.ndarray], list[np.ndarray]]) -> list[dict]:
+        images, fg = data
         return cam_batch(model, images, fg, config, task, device, text_features)
 
     return step
@@ -247,8 +251,8 @@ def _clip_es_computer(config: Config, dataset: Any):
     model = clip_es_model(clip, len(fg), e.pos_embed_f16, config.cams.att_layers)
     log.info("cams: training-free (CLIP-ES), %d templates, device %s", len(e.templates), device)
 
-    def step(batch: list[str]) -> list[dict]:
-        images, fg = _read(dataset, batch)
+    def step(data: tuple[list[np.ndarray], list[np.ndarray]]) -> list[dict]:
+        images, fg = data
         return clip_es_cam_batch(model, images, fg, config, device, text_features)
 
     return step
@@ -257,6 +261,11 @@ def _clip_es_computer(config: Config, dataset: Any):
 def _read(dataset: Any, batch: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The images of ``batch`` and their positive classes."""
     return [dataset.load_image(i) for i in batch], [np.asarray(dataset[i].labels, np.int64) for i in batch]
+
+
+def _ids(batch: list[str]) -> list[str]:
+    """What an import step reads ahead: nothing (it reads each file itself)."""
+    return batch
 
 
 def same_size_batches(ids: list[str], dataset: Any, cams: Any) -> list[list[str]]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tag2mask.config import Config
 from tag2mask.data import SegDataset, default_cache_dir, open_dataset
@@ -15,6 +15,8 @@ from tag2mask.errors import ConfigError
 from tag2mask.progress import bar_options, progress  # noqa: F401 - re-exported for the stages
 
 log = logging.getLogger("tag2mask")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def dataset_options(config: Config) -> dict[str, Any]:
@@ -178,3 +180,20 @@ def barrier() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def read_ahead(items: Sequence[T], read: Callable[[T], R]) -> Iterator[tuple[T, R]]:
+    """``(item, read(item))`` for each item in order, the next item read in a background thread while the caller
+    works on this one (image decoding overlaps the network on a GPU). An error of ``read`` is raised when its item
+    is reached, so everything before it has been handled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tag2mask-read") as pool:
+        pending = pool.submit(read, items[0])
+        for k, item in enumerate(items):
+            data = pending.result()
+            if k + 1 < len(items):
+                pending = pool.submit(read, items[k + 1])
+            yield item, data
