@@ -439,6 +439,24 @@ def test_hub_repo_name_missing_then_in_the_hf_cache_then_in_the_weights_folder(
     _compare_with_transformers(load_clip(REPO), hf_b)
 
 
+def test_a_sharded_hf_clipmodel_loads_like_one_file(tmp_path: Path) -> None:
+    """transformers' own sharded save of a random CLIPModel, by folder and by hub name (in the HF cache, symlinked
+    as huggingface_hub lays it out): the same model as from its one-file save."""
+    hf = _random_hf_clip(_hf_config())
+    hf.save_pretrained(tmp_path / "one")
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="200KB")
+    files = sorted(p.name for p in (tmp_path / "sharded").iterdir())
+    assert "model.safetensors.index.json" in files and "model.safetensors" not in files
+    assert sum(n.endswith(".safetensors") for n in files) > 2, files
+    one = load_clip(tmp_path / "one").state_dict()
+    for source in (tmp_path / "sharded", tmp_path / "sharded" / "model.safetensors.index.json"):
+        sharded = load_clip(source).state_dict()
+        assert set(sharded) == set(one) and all(torch.equal(sharded[k], one[k]) for k in one)
+    _fake_hub_snapshot(tmp_path / "hf_hub", REPO, tmp_path / "sharded")
+    from_cache = load_clip(REPO).state_dict()
+    assert all(torch.equal(from_cache[k], one[k]) for k in one)
+
+
 def test_open_clip_hub_repo_name(tmp_path: Path, tiny_archs: dict) -> None:
     repo = "laion/t2m-tiny"
     with pytest.raises(MissingWeightsError, match=f"hf download {repo} open_clip_model.safetensors --local-dir"):

@@ -1,13 +1,16 @@
 """Read a weight file into a plain state dict, without running pickled code or TorchScript.
 
-Three layouts are read: a TorchScript archive (OpenAI's official CLIP ``.pt`` files), whose tensors are rebuilt
+Four layouts are read: a TorchScript archive (OpenAI's official CLIP ``.pt`` files), whose tensors are rebuilt
 from the archive by :mod:`tag2mask.models.torchscript` (TorchScript's own loader is never called: it would run
 the file's code); a ``.safetensors`` file; and a ``torch.save`` file of a state dict (optionally wrapped as
-``{"state_dict": ...}`` or ``{"model": ...}``), read with ``torch.load(..., weights_only=True)``.
+``{"state_dict": ...}`` or ``{"model": ...}``), read with ``torch.load(..., weights_only=True)``; and a Hugging
+Face sharded checkpoint, given by its index (``model.safetensors.index.json`` or ``pytorch_model.bin.index.json``),
+whose shards beside it are read as above and joined (:func:`read_sharded_state_dict`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -37,6 +40,8 @@ def read_state_dict(path: str | os.PathLike[str], what: str = "model") -> dict[s
         Tag2MaskError: the file cannot be read, or does not hold a mapping of names to tensors.
     """
     path = Path(path)
+    if path.name.endswith(".index.json"):
+        return read_sharded_state_dict(path, what)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -73,6 +78,59 @@ def read_state_dict(path: str | os.PathLike[str], what: str = "model") -> dict[s
             f"{what} weight file {path} does not hold a state dict (a mapping of parameter names to tensors)."
         )
     return obj
+
+
+MAX_INDEX_BYTES = 16 * 2**20
+"""The largest shard index read (the largest published indexes, of models with tens of thousands of tensors, are
+a few MB)."""
+
+
+def read_sharded_state_dict(index: str | os.PathLike[str], what: str = "model") -> dict[str, torch.Tensor]:
+    """The tensors of a sharded Hugging Face checkpoint, joined: ``index`` is its ``*.index.json``, whose
+    ``weight_map`` names the shard file (in the same folder) of every tensor.
+
+    Each shard is read with :func:`read_state_dict` (safetensors, or ``.bin`` with ``weights_only``), and must hold
+    exactly the tensors the index gives it.
+
+    Raises:
+        Tag2MaskError: the index is not a JSON object with a ``weight_map`` of tensor names to plain file names, a
+            shard is missing or unreadable, or a shard's tensors differ from the index's.
+    """
+    index = Path(index)
+    try:
+        size = index.stat().st_size
+        if size > MAX_INDEX_BYTES:
+            raise Tag2MaskError(f"{what} shard index {index} is {size} bytes: too large for an index")
+        obj = json.loads(index.read_bytes())
+    except Tag2MaskError:
+        raise
+    except (OSError, ValueError, RecursionError) as e:  # ValueError covers JSON and Unicode decoding errors
+        raise Tag2MaskError(f"cannot read the {what} shard index {index} ({type(e).__name__}): not a JSON file") from e
+    weight_map = obj.get("weight_map") if isinstance(obj, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise Tag2MaskError(f"{what} shard index {index} has no weight_map of tensor names to shard file names")
+    shards: dict[str, set[str]] = {}
+    for key, name in weight_map.items():
+        shards.setdefault(name, set()).add(key)
+    for name in shards:  # every name checked before any file is read
+        if name != Path(name).name or name in ("", ".", "..") or not name.endswith((".safetensors", ".bin")):
+            raise Tag2MaskError(f"{what} shard index {index} names {name!r}: a shard must be a .safetensors or "
+                                ".bin file beside the index")
+        if not (index.parent / name).is_file():
+            raise Tag2MaskError(f"{what} shard {index.parent / name} (named by {index.name}) is missing: fetch "
+                                "every file the index names, or the whole repository")
+    state: dict[str, torch.Tensor] = {}
+    for name, keys in shards.items():
+        shard = index.parent / name
+        tensors = read_state_dict(shard, what)
+        if set(tensors) != keys:
+            extra, missing = sorted(set(tensors) - keys), sorted(keys - set(tensors))
+            raise Tag2MaskError(f"{what} shard {shard} does not hold what {index.name} says: "
+                                f"missing {missing[:5]}, not in the index {extra[:5]}")
+        state.update(tensors)
+    return state
 
 
 def short_reason(e: BaseException) -> str:

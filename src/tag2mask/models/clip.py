@@ -108,9 +108,10 @@ def load_clip(
             - the path of an OpenAI-layout file: OpenAI's TorchScript archive, a ``torch.save`` state dict with
               OpenAI key names (bare or under ``"state_dict"``), or a safetensors file with those key names;
             - a Hugging Face ``CLIPModel``: its folder (``config.json`` with ``model.safetensors`` or
-              ``pytorch_model.bin``), one of those weight files with its ``config.json`` beside it, or its hub
-              repository name (``"openai/clip-vit-base-patch16"``), found as a folder of that name in the weights
-              folder or in the Hugging Face hub cache (:func:`tag2mask.models.weights.resolve_clip`);
+              ``pytorch_model.bin``, or a sharded checkpoint's ``*.index.json`` with its shards), one of those
+              weight files with its ``config.json`` beside it, or its hub repository name
+              (``"openai/clip-vit-base-patch16"``), found as a folder of that name in the weights folder or in the
+              Hugging Face hub cache (:func:`tag2mask.models.weights.resolve_clip`);
             - with ``arch``: an OpenCLIP checkpoint (a file, or a folder / hub repository holding
               ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin``).
             fp16 or fp32. Nothing is ever downloaded.
@@ -131,7 +132,8 @@ def load_clip(
             attention, another tokenizer).
     """
     path = resolve_clip(name_or_path, arch)
-    state_dict = _read_safetensors(path) if is_safetensors(path) else read_state_dict(path, what="CLIP")
+    sharded = path.name.endswith(".index.json")  # a sharded Hugging Face checkpoint: read_state_dict joins it
+    state_dict = _read_safetensors(path) if is_safetensors(path) and not sharded else read_state_dict(path, "CLIP")
     for key in _METADATA_KEYS:
         state_dict.pop(key, None)
     if arch:

@@ -244,9 +244,10 @@ def resolve_weight(name_or_path: str | os.PathLike[str], kind: WeightKind = "cli
     )
 
 
-HF_MODEL_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                  "pytorch_model.bin.index.json")
 """The weight files of a Hugging Face transformers model folder (a ``CLIPModel``'s beside its ``config.json``), in
-the order they are used."""
+the order they are used: one file, else the index of a sharded checkpoint (its shards beside it)."""
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 """The weight files of an OpenCLIP repository on the hub (e.g. ``laion/CLIP-ViT-B-16-laion2B-s34B-b88K``)."""
 
@@ -412,8 +413,8 @@ def find_weights() -> list[tuple[str, str, Path | None]]:
 
 
 def hf_model_file(folder: Path) -> Path | None:
-    """The weight file of a transformers model folder (``model.safetensors``, else ``pytorch_model.bin``), or None
-    when the folder lacks ``config.json`` or both weight files."""
+    """The weight file of a transformers model folder (``model.safetensors``, else ``pytorch_model.bin``, else a
+    sharded checkpoint's index), or None when the folder lacks ``config.json`` or every one of them."""
     return first_file(folder, HF_MODEL_FILES) if (folder / "config.json").is_file() else None
 
 
