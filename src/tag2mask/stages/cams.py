@@ -1,8 +1,8 @@
 """The ``cams`` stage: Softmax-GradCAM of a task's trained prompts over a split, then CAA (SPEC §1.2, §3, §5.6, §6).
 
-Per image (batch 1 by default, float32, no autocast, single scale, no flip — SPEC §1.2): each side is resized up to the next
-multiple of ``cams.align`` (16) with PIL bicubic, normalised with CLIP's mean/std, and the ground-truth image
-labels choose the classes. An image whose longer side exceeds ``cams.max_side`` (default 1024; never a VOC or COCO
+Per image (batch 1 by default, float32, no autocast, single scale, no flip — SPEC §1.2): each side is resized up
+to the next multiple of ``cams.align`` (16) with PIL bicubic, normalised with CLIP's mean/std, and the ground-truth
+image labels choose the classes. An image whose longer side exceeds ``cams.max_side`` (default 1024; never a VOC or COCO
 image) goes to its aligned working size instead, which bounds the patch grid and the attention matrix; ``size``
 stays the image's own, and seeding resizes the CAM to whatever size it works at. The raw CAMs are refined by CAA
 when ``caa.<task>.enabled``. ``cams.images_per_batch`` > 1 sends up to that many images whose CLIP input has one
