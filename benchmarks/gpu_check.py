@@ -8,7 +8,8 @@ What it runs (random weights everywhere; full sizes unless ``--tiny``):
                   batch 16, 224×224 (synthetic shapes), CLIP ViT-B/16, in float32, bfloat16 and float16 (CUDA; the CPU: float32 and
                   bfloat16). From the same state, each half-precision step must agree with float32: context
                   gradients with cosine ≥ 0.99 and CAMs within 2e-2 relative (the rule of tests/test_amp.py).
-* ``cams``        CAM inference (Softmax-GradCAM + CAA, float32, prompts encoded once) at 500×375, 3 classes.
+* ``cams``        CAM inference (Softmax-GradCAM + CAA, float32, prompts encoded once) at 500×375, 3 classes;
+                  then 8 images one at a time and in one batch (``cams.images_per_batch``), which must agree.
 * ``clip_es``     training-free CLIP-ES CAMs (``tag2mask.cam.clip_es``) at 500×375, 3 classes + 25 background names.
 * ``sams``        SAMS seeding on the device: 500×375, 3 classes, 60 quasi-superpixels.
 * ``superpixels`` the quasi-superpixel generator with a random SAM ViT-H at the ``voc`` pattern, and stock

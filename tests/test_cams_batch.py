@@ -72,10 +72,23 @@ def test_a_batch_of_one_is_bit_exact(tiny_model: SimpleNamespace) -> None:
     m = tiny_model
     (image,) = _rand_images([(48, 64)], seed=2)
     fg = np.array([0, 3])
+    from tag2mask.cam.image import prepare_image
+    from tag2mask.stages.cams import refine
+
     alone = cam_one(m.model, image, fg, m.config, "cls", "cpu", m.text)
     again = cam_batch(m.model, [image], [fg], m.config, "cls", "cpu", m.text)[0]
     for key in FILE_KEYS:
         np.testing.assert_array_equal(again[key], alone[key])
+    # what the stage computed before batching existed: one image's forward, its CAM refined by CAA
+    labels = torch.zeros(1, 5)
+    labels[0, torch.from_numpy(fg)] = 1
+    out = m.model(prepare_image(image), labels, need_attention=True, text_features=m.text)
+    raw = out.cam.detach().numpy()
+    np.testing.assert_array_equal(alone["cam_raw"], raw)
+    np.testing.assert_array_equal(alone["cam"], refine(raw, out.att[0].numpy(), m.config, "cls"))
+    np.testing.assert_array_equal(alone["logits"], out.logits[0].detach().numpy())
+    np.testing.assert_array_equal(alone["att"], out.att[0].numpy().astype(np.float16))
+    assert alone["fg_cls"].tolist() == fg.tolist()
 
 
 def test_cam_output_image_slices_one_image(tiny_model: SimpleNamespace) -> None:
@@ -134,6 +147,15 @@ def test_same_size_batches_group_by_clip_input_size(tmp_path: Path) -> None:
     paths["h"] = _write(tmp_path, "h", 96, 128)  # capped to 48×64
     dataset["h"] = SimpleNamespace(image_path=paths["h"])
     assert same_size_batches(["h", "b", "a"], dataset, cams) == [["h", "a"], ["b"]]
+    big = [f"big{k}" for k in range(3)]  # 768×1024: 3073 tokens, as much attention as 16 VOC images
+    voc = [f"voc{k}" for k in range(20)]  # 375×500 → 384×512: 769 tokens
+    for name in big:
+        dataset[name] = SimpleNamespace(image_path=_write(tmp_path, name, 768, 1024))
+    for name in voc:
+        dataset[name] = SimpleNamespace(image_path=_write(tmp_path, name, 375, 500))
+    cams.images_per_batch, cams.max_side = 32, 1024
+    batches = same_size_batches([*big, *voc], dataset, cams)
+    assert batches == [[b] for b in big] + [voc[:16], voc[16:]]  # capped by the attention they hold, not by 32
 
 
 @pytest.mark.parametrize("value", [0, -1, 257])

@@ -9,6 +9,7 @@ configs and architectures the CAM model cannot run are one clear error each.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -407,8 +408,9 @@ def _fake_hub_snapshot(cache: Path, repo: str, source: Path, rev: str = "abc123"
     snap = base / "snapshots" / rev
     snap.mkdir(parents=True)
     for f in source.iterdir():
-        blob = base / "blobs" / f"{rev}-{f.name}"
-        blob.write_bytes(f.read_bytes())
+        data = f.read_bytes()
+        blob = base / "blobs" / hashlib.sha256(data).hexdigest()  # named by content, no extension, as the hub does
+        blob.write_bytes(data)
         (snap / f.name).symlink_to(os.path.relpath(blob, snap))
     (base / "refs").mkdir(exist_ok=True)
     (base / "refs" / "main").write_text(rev)

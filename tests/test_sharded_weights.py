@@ -91,6 +91,7 @@ def test_a_sharded_transformers_sam_loads_like_one_file(tmp_path: Path) -> None:
     never unpickled as code): the same weights as the model itself."""
     from tag2mask.models.sam_hf import load_hf_sam
     from tag2mask.models.sam_hf_build import random_hf_sam
+    from tag2mask.models.weights import is_hf_reference
 
     model = random_hf_sam("sam2", tiny=True)
     model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
@@ -99,7 +100,18 @@ def test_a_sharded_transformers_sam_loads_like_one_file(tmp_path: Path) -> None:
     model.config.save_pretrained(bins)
     write_shards(bins, {k: v for k, v in model.state_dict().items()}, n=4, fmt="bin")
     reference = model.state_dict()
-    for folder in (tmp_path / "sharded", bins):
-        loaded = load_hf_sam("sam2", folder).state_dict()
-        assert set(loaded) == set(reference), folder
-        assert all(torch.equal(loaded[k], reference[k]) for k in reference), folder
+    for source in (tmp_path / "sharded", tmp_path / "sharded" / "model.safetensors.index.json", bins,
+                   bins / "pytorch_model.bin.index.json"):
+        assert is_hf_reference(source), source  # models.sam=<index file> selects transformers, not segment_anything
+        loaded = load_hf_sam("sam2", source).state_dict()
+        assert set(loaded) == set(reference), source
+        assert all(torch.equal(loaded[k], reference[k]) for k in reference), source
+    # a .bin shard whose tensor has another shape than the config gives: one error, not torch's RuntimeError
+    index = json.loads((bins / "pytorch_model.bin.index.json").read_text())["weight_map"]
+    key = next(k for k in index if k.endswith("weight") and reference[k].ndim == 2)
+    shard = bins / index[key]
+    part = torch.load(shard, weights_only=True)
+    part[key] = torch.zeros(reference[key].shape[0] + 1, reference[key].shape[1])
+    torch.save(part, shard)
+    with pytest.raises(Tag2MaskError, match=rf"do not fit {bins / 'config.json'}: .*size mismatch"):
+        load_hf_sam("sam2", bins)

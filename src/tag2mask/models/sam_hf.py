@@ -358,7 +358,7 @@ def load_hf_sam(
     cls = model_class(spec.kind)
     weights = hf_model_file(folder)
     assert weights is not None  # resolve_hf_folder checked it
-    if weights.suffix == ".safetensors":
+    if weights.name.endswith((".safetensors", ".safetensors.index.json")):  # transformers reads shards itself
         try:
             model, info = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True,
                                               output_loading_info=True)
@@ -368,12 +368,16 @@ def load_hf_sam(
         if problems:
             raise Tag2MaskError(f"{spec.what} weights {weights} do not fit {folder / 'config.json'}: "
                                 + "; ".join(problems))
-    else:  # pytorch_model.bin: through the project's reader (weights_only), never unpickled as code
-        from tag2mask.models.checkpoint import read_state_dict
+    else:  # pytorch_model.bin (or its shards): the project's reader (weights_only), never unpickled as code
+        from tag2mask.models.checkpoint import read_state_dict, short_reason
 
         state = read_state_dict(weights, what=spec.what)
         model = cls(config)
-        result = model.load_state_dict(state, strict=False)
+        try:
+            result = model.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # a tensor of another shape than the config gives
+            raise Tag2MaskError(f"{spec.what} weights {weights} do not fit {folder / 'config.json'}: "
+                                f"{short_reason(e)}") from e
         tied = set(getattr(model, "_tied_weights_keys", None) or {})
         missing = [k for k in result.missing_keys if k not in tied]
         if missing:

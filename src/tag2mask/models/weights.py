@@ -244,10 +244,14 @@ def resolve_weight(name_or_path: str | os.PathLike[str], kind: WeightKind = "cli
     )
 
 
-HF_MODEL_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+HF_MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                   "pytorch_model.bin.index.json")
 """The weight files of a Hugging Face transformers model folder (a ``CLIPModel``'s beside its ``config.json``), in
-the order they are used: one file, else the index of a sharded checkpoint (its shards beside it)."""
+the order they are used (safetensors first, as transformers does): one file, or the index of a sharded checkpoint
+(its shards beside it)."""
+SHARDED_HINT = ("a repository whose weights are sharded has model.safetensors.index.json and the "
+                "model-0000k-of-0000n.safetensors files it names instead of model.safetensors: fetch those")
+"""Said beside every ``hf download`` hint that names ``model.safetensors``."""
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 """The weight files of an OpenCLIP repository on the hub (e.g. ``laion/CLIP-ViT-B-16-laion2B-s34B-b88K``)."""
 
@@ -329,7 +333,7 @@ def resolve_clip(name_or_path: str | os.PathLike[str], arch: str = "") -> Path:
             the command that fetches it.
     """
     files = OPEN_CLIP_FILES if arch else HF_MODEL_FILES
-    wanted = f"{files[0]} (or {files[1]})" + ("" if arch else " beside config.json")
+    wanted = f"{files[0]} (or {', '.join(files[1:])})" + ("" if arch else " beside config.json")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         found = _clip_file_in(path, arch)
@@ -351,7 +355,7 @@ def resolve_clip(name_or_path: str | os.PathLike[str], arch: str = "") -> Path:
         f"Hugging Face repository {name} in the hub cache ({cache}).\n"
         f"tag2mask never downloads. Fetch the repository's files with huggingface_hub's CLI, e.g.:\n"
         f"{hub_download_hint(name, fetch)}\n"
-        f"or pass the path of a folder that holds them instead of the name.\n"
+        f"({'' if arch else SHARDED_HINT + '; '}or pass the path of a folder that holds them instead of the name.)\n"
         f"{_KIND_ALTERNATIVE['clip']}"
     )
 
@@ -420,13 +424,14 @@ def hf_model_file(folder: Path) -> Path | None:
 
 def is_hf_reference(value: str | os.PathLike[str]) -> bool:
     """True when ``value`` names a transformers model rather than one weight file: an existing folder, the
-    ``config.json`` of one, a weight file with a ``config.json`` beside it, or a hub repository name ``org/name``
-    that is not an existing file."""
+    ``config.json`` of one, a weight file (or a shard index) with a ``config.json`` beside it, or a hub repository
+    name ``org/name`` that is not an existing file."""
     path = Path(value).expanduser()
     if path.is_dir():
         return True
     if path.is_file():
-        return path.name == "config.json" or (path.suffix in (".safetensors", ".bin") and (path.parent / "config.json").is_file())
+        weights = path.suffix in (".safetensors", ".bin") or path.name.endswith(".index.json")
+        return path.name == "config.json" or (weights and (path.parent / "config.json").is_file())
     return is_hub_repo_name(os.fspath(value))
 
 
@@ -448,7 +453,7 @@ def resolve_hf_folder(name_or_path: str | os.PathLike[str], *, what: str, defaul
     named = repo if is_hub_repo_name(repo) else default_repo
     fetch = (f"tag2mask never downloads; fetch the transformers files of the Hugging Face repository {named} on a "
              f"machine with internet, e.g.:\n{hub_download_hint(named, ('config.json', HF_MODEL_FILES[0]))}\n"
-             f"or pass the path of a folder that holds them (models.sam=/path/to/folder).")
+             f"({SHARDED_HINT}; or pass the path of a folder that holds them: models.sam=/path/to/folder.)")
     folder = path.parent if path.is_file() else path
     if folder.is_dir():
         if hf_model_file(folder) is not None:

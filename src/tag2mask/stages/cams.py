@@ -239,7 +239,8 @@ def _computer(config: Config, task: str, dataset: Any, context: Path | None):
 
 
 def _clip_es_computer(config: Config, dataset: Any):
-    """The training-free CAMs: every class's fixed prompt encoded once, then one image at a time."""
+    """The training-free CAMs: every class's fixed prompt encoded once, then the images (one at a time, or in
+    batches of one size with ``cams.images_per_batch``)."""
     from tag2mask.cam.clip_es import clip_es_model, clip_es_text_features
     from tag2mask.models.clip import load_clip
 
@@ -268,12 +269,18 @@ def _ids(batch: list[str]) -> list[str]:
     return batch
 
 
+ATTENTION_BUDGET = 16 * 769**2
+"""The most attention entries (images × tokens²) one batch of the CAM stage may hold: 16 VOC images (512×384 with
+16-pixel patches: 769 tokens). Larger images go in smaller batches (a 1024×768 one alone needs 3073² tokens²: 1
+per batch), so that a batch needs no more memory than 16 VOC images, whatever the photos."""
+
+
 def same_size_batches(ids: list[str], dataset: Any, cams: Any) -> list[list[str]]:
-    """``ids`` in batches of at most ``cams.images_per_batch`` images whose CLIP input has one size (from the file
-    headers): sizes in the order they first appear, each size's images in their order. With 1 (the default), one
-    image at a time in the given order. An image whose header cannot be read goes alone (reading it says why)."""
-    per_batch = cams.images_per_batch
-    if per_batch <= 1:
+    """``ids`` in batches of images whose CLIP input has one size (from the file headers): sizes in the order they
+    first appear, each size's images in their order, at most ``cams.images_per_batch`` per batch and at most
+    :data:`ATTENTION_BUDGET` attention entries. With 1 (the default), one image at a time in the given order. An
+    image whose header cannot be read goes alone (reading it says why)."""
+    if cams.images_per_batch <= 1:
         return [[i] for i in ids]
     groups: dict[Any, list[str]] = {}
     for image_id in ids:
@@ -283,7 +290,14 @@ def same_size_batches(ids: list[str], dataset: Any, cams: Any) -> list[list[str]
         except DataError:
             key = ("unreadable", image_id)
         groups.setdefault(key, []).append(image_id)
-    return [members[k : k + per_batch] for members in groups.values() for k in range(0, len(members), per_batch)]
+    batches = []
+    for key, members in groups.items():
+        per_batch = cams.images_per_batch
+        if isinstance(key[0], int):  # tokens of the ViT: one per patch (the patch is the alignment) and the class
+            tokens = (key[0] // cams.align) * (key[1] // cams.align) + 1
+            per_batch = max(1, min(per_batch, ATTENTION_BUDGET // tokens**2))
+        batches += [members[k : k + per_batch] for k in range(0, len(members), per_batch)]
+    return batches
 
 
 def _importer(config: Config, task: str, folder: Path, dataset: Any):
