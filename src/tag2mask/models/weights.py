@@ -417,8 +417,9 @@ def find_weights() -> list[tuple[str, str, Path | None]]:
 
 
 def hf_model_file(folder: Path) -> Path | None:
-    """The weight file of a transformers model folder (``model.safetensors``, else ``pytorch_model.bin``, else a
-    sharded checkpoint's index), or None when the folder lacks ``config.json`` or every one of them."""
+    """The weight file of a transformers model folder, the first of :data:`HF_MODEL_FILES` there
+    (``model.safetensors``, its shard index, ``pytorch_model.bin``, its shard index), or None when the folder lacks
+    ``config.json`` or every one of them."""
     return first_file(folder, HF_MODEL_FILES) if (folder / "config.json").is_file() else None
 
 
