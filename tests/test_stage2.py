@@ -123,6 +123,30 @@ def test_predict_refine_and_evaluate_through_the_cli(trained, capsys: pytest.Cap
     assert any("alpha" in line for line in report["protocol"]["tuned_on_gt"])
 
 
+def test_predict_on_a_split_without_ground_truth(trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As for the VOC test server: a split with tags but no masks gets its label PNGs (the argmax of the stored
+    probabilities, ids 0..C) and no evaluation."""
+    import shutil
+
+    run, result = trained
+    source = Path(run.config.data.root)
+    root = tmp_path / "unlabelled"
+    shutil.copytree(source, root, ignore=shutil.ignore_patterns("masks"))
+    (root / "test.csv").write_text((source / "val.csv").read_text())
+    out = tmp_path / "predictions_test"
+    assert main(["predict", "--checkpoint", str(result.out_dir), "--split", "test", "--out", str(out),
+                 f"data.root={root}"]) == 0
+    printed = capsys.readouterr().out
+    assert "mIoU" not in printed and not (out / "evaluation.json").exists()
+    val = open_split(run.config, "val")
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(val.ids)
+    for image_id in val.ids[:3]:
+        prob, fg = load_prediction(out / f"{image_id}.npz")
+        png = read_label_png(out / f"{image_id}.png")
+        assert png.shape == val.load_mask(image_id).shape and png.max() <= len(val.class_names)
+        assert np.array_equal(png, prediction_labels(prob, fg))
+
+
 @pytest.mark.parametrize(("net", "recipe"), [("deeplabv3plus", SMALL_DLV3), ("mask2former", TINY_M2F)])
 def test_resumed_training_gives_the_same_weights_as_an_uninterrupted_run(
     demo_run: tuple[Path, str], net: str, recipe: list[str]
