@@ -145,6 +145,12 @@ def test_predict_on_a_split_without_ground_truth(trained, tmp_path: Path, capsys
         png = read_label_png(out / f"{image_id}.png")
         assert png.shape == val.load_mask(image_id).shape and png.max() <= len(val.class_names)
         assert np.array_equal(png, prediction_labels(prob, fg))
+    # SAMS refinement with a given alpha works there too (an alpha sweep needs ground truth)
+    assert main(["superpixels", "--run", str(run.path), "--split", "test", f"data.root={root}"]) == 0
+    assert main(["refine", "--predictions", str(out), "--run", str(run.path), "--split", "test", "--alpha", "2",
+                 f"data.root={root}"]) == 0
+    assert sorted(p.stem for p in (tmp_path / "predictions_test_sams").glob("*.png")) == sorted(val.ids)
+    assert not (tmp_path / "predictions_test_sams" / "evaluation.json").exists()
 
 
 @pytest.mark.parametrize(("net", "recipe"), [("deeplabv3plus", SMALL_DLV3), ("mask2former", TINY_M2F)])
