@@ -500,7 +500,7 @@ def _edited(hf_files: Path, tower: str | None, **changes: Any) -> dict:
         ("binary", lambda h: bytes(range(256)) * 4, "not a JSON file"),
         ("list", lambda h: b"[1, 2, 3]", "not a JSON object"),
         ("deep", lambda h: b"[" * 200_000 + b"]" * 200_000, "not a JSON file"),
-        ("huge-file", lambda h: b" " * (2 << 20) + b"{}", "too large for a model config.json"),
+        ("huge-file", lambda h: b" " * (2 << 20) + b"{}", "config.json is 2097154 bytes: too large (at most 1048576)"),
         ("tower-not-object", lambda h: _edited(h, None, vision_config=[1]), "vision_config is not a JSON object"),
         ("absurd-width", lambda h: _edited(h, "vision_config", hidden_size=10**12, num_attention_heads=1),
          "disagree: vision_config.hidden_size is 1000000000000 in the config, 128 in the weights"),

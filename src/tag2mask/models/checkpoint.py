@@ -80,6 +80,20 @@ def read_state_dict(path: str | os.PathLike[str], what: str = "model") -> dict[s
     return obj
 
 
+def read_json_file(path: Path, max_bytes: int, what: str) -> object:
+    """The JSON value in ``path``, refused unread when larger than ``max_bytes``; a Tag2MaskError naming ``what``
+    (e.g. ``"the CLIP config"``) and the file when it is too large, unreadable, not JSON or nested too deep."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise Tag2MaskError(f"{what} {path} is {size} bytes: too large (at most {max_bytes})")
+        return json.loads(path.read_bytes())
+    except Tag2MaskError:
+        raise
+    except (OSError, ValueError, RecursionError) as e:  # ValueError covers JSON and Unicode decoding errors
+        raise Tag2MaskError(f"cannot read {what} {path}: not a JSON file ({type(e).__name__})") from e
+
+
 MAX_INDEX_BYTES = 16 * 2**20
 """The largest shard index read (the largest published indexes, of models with tens of thousands of tensors, are
 a few MB)."""
@@ -97,15 +111,7 @@ def read_sharded_state_dict(index: str | os.PathLike[str], what: str = "model") 
             shard is missing or unreadable, or a shard's tensors differ from the index's.
     """
     index = Path(index)
-    try:
-        size = index.stat().st_size
-        if size > MAX_INDEX_BYTES:
-            raise Tag2MaskError(f"{what} shard index {index} is {size} bytes: too large for an index")
-        obj = json.loads(index.read_bytes())
-    except Tag2MaskError:
-        raise
-    except (OSError, ValueError, RecursionError) as e:  # ValueError covers JSON and Unicode decoding errors
-        raise Tag2MaskError(f"cannot read the {what} shard index {index} ({type(e).__name__}): not a JSON file") from e
+    obj = read_json_file(index, MAX_INDEX_BYTES, f"the {what} shard index")
     weight_map = obj.get("weight_map") if isinstance(obj, dict) else None
     if not isinstance(weight_map, dict) or not weight_map or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()

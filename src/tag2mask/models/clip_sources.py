@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import json
 import logging
 import math
 import re
@@ -43,6 +42,7 @@ from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
 from tag2mask.errors import Tag2MaskError
+from tag2mask.models.checkpoint import read_json_file
 
 OPENAI_VOCAB_SIZE = 49408
 OPENAI_CONTEXT_LENGTH = 77
@@ -103,15 +103,7 @@ class HfClipConfig:
 
 def _json_object(path: Path) -> dict[str, Any]:
     """The JSON object in ``path`` (at most :data:`MAX_CONFIG_BYTES`), or a Tag2MaskError naming the file."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise Tag2MaskError(f"{path} is {size} bytes: too large for a model config.json")
-        obj = json.loads(path.read_bytes())
-    except Tag2MaskError:
-        raise
-    except (OSError, ValueError, RecursionError) as e:  # ValueError covers JSON and Unicode decoding errors
-        raise Tag2MaskError(f"cannot read the CLIP config {path}: not a JSON file ({type(e).__name__})") from e
+    obj = read_json_file(path, MAX_CONFIG_BYTES, "the CLIP config")
     if not isinstance(obj, dict):
         raise Tag2MaskError(f"the CLIP config {path} is not a JSON object")
     return obj
